@@ -1,0 +1,610 @@
+"""Land delivered files in the warehouse, one file per transaction.
+
+For each new file: hash it, detect its encoding, stage its rows in DuckDB, validate
+them in SQL, keep rejected rows whole in ``rejects``, upsert valid rows by natural key
+(a repeated key replaces the record's fields and keeps its first received date), and
+write the file's ledger row. All of that commits together, so after a crash a file is
+either fully landed or not at all, and the next run picks it up again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from credit_etl.discovery import Delivery, NameProblem, Scan, scan_incoming
+from credit_etl.readers import (
+    FileError,
+    HeaderMap,
+    check_xlsx_container,
+    fingerprint,
+    map_header,
+    missing_required,
+    read_csv_header,
+    read_workbook,
+    transcode_to_utf8,
+)
+from credit_etl.registry import Unit, load_units
+from credit_etl.schema import SPECS, CategorySpec, storage_columns
+from credit_etl.settings import Settings
+from credit_etl.validation import build_checked_sql
+
+log = logging.getLogger(__name__)
+
+XLSX_BATCH_ROWS = 20_000
+
+STATUS_LANDED = "landed"
+STATUS_DUPLICATE = "duplicate"
+STATUS_FAILED = "failed"
+STATUS_NOT_READ = "not_read"
+
+
+@dataclass
+class FileResult:
+    rel_path: str
+    status: str
+    file_id: int | None = None
+    unit_id: str | None = None
+    category: str | None = None
+    rows_read: int | None = None
+    rows_landed: int | None = None
+    rows_rejected: int | None = None
+    rows_repeated: int | None = None
+    error: str | None = None
+    duplicate_of: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestReport:
+    results: list[FileResult]
+    problems: list[NameProblem]
+    skipped: list[str]
+
+    @property
+    def landed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == STATUS_LANDED]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        counts["rows_landed"] = sum(r.rows_landed or 0 for r in self.results)
+        counts["rows_rejected"] = sum(r.rows_rejected or 0 for r in self.results)
+        counts["rows_repeated"] = sum(r.rows_repeated or 0 for r in self.results)
+        counts["not_read"] = len(self.problems)
+        return counts
+
+
+def ingest_incoming(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    units: list[Unit] | None = None,
+    now: float | None = None,
+) -> IngestReport:
+    """Ingest every new settled delivery under incoming/, in received-date order."""
+    units = units or load_units()
+    scan: Scan = scan_incoming(settings.incoming_dir, units, settings.settle_seconds, now)
+    for problem in scan.problems:
+        _record_name_problem(con, problem)
+    results = []
+    for delivery in scan.deliveries:
+        result = ingest_file(con, settings, delivery)
+        if result is not None:
+            results.append(result)
+    return IngestReport(
+        results=results,
+        problems=scan.problems,
+        skipped=[f"{s.rel_path}: {s.reason}" for s in scan.skipped],
+    )
+
+
+def _record_name_problem(con: duckdb.DuckDBPyConnection, problem: NameProblem) -> None:
+    try:
+        sha = fingerprint(problem.path, sniff_encoding=False).sha256
+    except OSError as error:
+        sha = f"unreadable: {error.strerror}"
+    seen = con.execute(
+        "SELECT 1 FROM ledger WHERE path = ? AND sha256 = ?", [problem.rel_path, sha]
+    ).fetchone()
+    if seen:
+        return
+    log.warning(
+        "not read: incoming/%s: %s; expected %s",
+        problem.rel_path,
+        problem.problem,
+        problem.expected,
+    )
+    con.execute(
+        """INSERT INTO ledger (file_id, path, sha256, status, error)
+           VALUES (nextval('ledger_file_id'), ?, ?, ?, ?)""",
+        [
+            problem.rel_path,
+            sha,
+            STATUS_NOT_READ,
+            f"{problem.problem}; expected {problem.expected}",
+        ],
+    )
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection, settings: Settings, delivery: Delivery
+) -> FileResult | None:
+    """Ingest one delivery; return None when the same bytes at this path are known."""
+    limits = settings.limits
+    sniff = delivery.extension == ".csv"
+    print_path = f"incoming/{delivery.rel_path}"
+    fp = fingerprint(delivery.path, sniff_encoding=sniff)
+
+    known = con.execute(
+        "SELECT file_id FROM ledger WHERE path = ? AND sha256 = ?",
+        [delivery.rel_path, fp.sha256],
+    ).fetchone()
+    if known:
+        return None
+
+    base = FileResult(
+        rel_path=delivery.rel_path,
+        status=STATUS_LANDED,
+        unit_id=delivery.unit_id,
+        category=delivery.category,
+    )
+    earlier = con.execute(
+        """SELECT file_id, path FROM ledger
+           WHERE sha256 = ? AND status = 'landed' ORDER BY file_id LIMIT 1""",
+        [fp.sha256],
+    ).fetchone()
+    if earlier:
+        base.status = STATUS_DUPLICATE
+        base.duplicate_of = earlier[1]
+        base.error = f"same bytes as incoming/{earlier[1]}, already landed; adds nothing"
+        base.file_id = _write_ledger(con, delivery, fp, base, duplicate_of=earlier[0])
+        log.info("duplicate: %s is a copy of incoming/%s", print_path, earlier[1])
+        return base
+
+    if fp.size_bytes > limits.max_file_bytes:
+        base.status = STATUS_FAILED
+        base.error = (
+            f"the file has {fp.size_bytes:,} bytes, more than the limit of "
+            f"{limits.max_file_bytes:,}; split it into several files"
+        )
+        base.file_id = _write_ledger(con, delivery, fp, base)
+        log.error("failed: %s: %s", print_path, base.error)
+        return base
+
+    started = time.monotonic()
+    in_transaction = False
+    try:
+        # Staging runs outside the transaction: temp tables vanish with the
+        # connection anyway, and rows of a committed table get row ids in
+        # insertion order, which number the records of a CSV file.
+        staged = _stage(con, settings, delivery, fp, base)
+        con.execute("BEGIN TRANSACTION")
+        in_transaction = True
+        file_id = con.execute("SELECT nextval('ledger_file_id')").fetchone()[0]
+        base.file_id = file_id
+        _land(con, settings, delivery, staged, base)
+        _write_ledger(con, delivery, fp, base, file_id=file_id)
+        con.execute("COMMIT")
+        in_transaction = False
+    except FileError as error:
+        if in_transaction:
+            con.execute("ROLLBACK")
+        base = FileResult(
+            rel_path=delivery.rel_path,
+            status=STATUS_FAILED,
+            unit_id=delivery.unit_id,
+            category=delivery.category,
+            error=str(error),
+        )
+        base.file_id = _write_ledger(con, delivery, fp, base)
+        log.error("failed: %s: %s", print_path, error)
+        return base
+    except BaseException:
+        if in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        _drop_temp(con)
+        for leftover in settings.temp_dir.glob(f"transcoded-{fp.sha256[:16]}*"):
+            leftover.unlink(missing_ok=True)
+
+    log.info(
+        "landed: %s (unit %s, %s, received %s): read %d, landed %d, rejected %d, "
+        "repeated %d in %.1f s",
+        print_path,
+        delivery.unit_id,
+        delivery.category,
+        delivery.received_date,
+        base.rows_read,
+        base.rows_landed,
+        base.rows_rejected,
+        base.rows_repeated,
+        time.monotonic() - started,
+    )
+    return base
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
+    names = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE temporary "
+        "AND (table_name LIKE 'stage_%' OR table_name LIKE 'checked_%' "
+        "OR table_name LIKE 'winners%' OR table_name LIKE 'matched%')"
+    ).fetchall()
+    for (name,) in names:
+        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    for (name,) in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE temporary AND view_name LIKE 'stage_%'"
+    ).fetchall():
+        con.execute(f"DROP VIEW IF EXISTS temp.{name}")
+
+
+def _write_ledger(
+    con: duckdb.DuckDBPyConnection,
+    delivery: Delivery,
+    fp,
+    result: FileResult,
+    file_id: int | None = None,
+    duplicate_of: int | None = None,
+) -> int:
+    if file_id is None:
+        file_id = con.execute("SELECT nextval('ledger_file_id')").fetchone()[0]
+    con.execute(
+        """INSERT INTO ledger (file_id, path, sha256, size_bytes, unit_id, category,
+               received_date, encoding, rows_read, rows_landed, rows_rejected,
+               rows_repeated, status, error, duplicate_of, notes)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [
+            file_id,
+            delivery.rel_path,
+            fp.sha256,
+            fp.size_bytes,
+            delivery.unit_id,
+            delivery.category,
+            delivery.received_date,
+            fp.encoding if delivery.extension == ".csv" else "xlsx",
+            result.rows_read,
+            result.rows_landed,
+            result.rows_rejected,
+            result.rows_repeated,
+            result.status,
+            result.error,
+            duplicate_of,
+            json.dumps(result.notes, ensure_ascii=False) if result.notes else None,
+        ],
+    )
+    return file_id
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    delivery: Delivery,
+    fp,
+    result: FileResult,
+) -> list[tuple[str, HeaderMap]]:
+    spec = SPECS[delivery.category]
+    if delivery.extension == ".csv":
+        return [_stage_csv(con, settings, delivery, fp, spec, result)]
+    return _stage_xlsx(con, settings, delivery, spec, result)
+
+
+def _land(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    delivery: Delivery,
+    staged: list[tuple[str, HeaderMap]],
+    result: FileResult,
+) -> None:
+    spec = SPECS[delivery.category]
+    totals = dict(read=0, landed=0, rejected=0, repeated=0)
+    for index, (stage, header) in enumerate(staged):
+        counts = _validate_and_upsert(
+            con, settings, delivery, spec, header, stage, f"checked_{index}", result
+        )
+        for key, value in counts.items():
+            totals[key] += value
+    result.rows_read = totals["read"]
+    result.rows_landed = totals["landed"]
+    result.rows_rejected = totals["rejected"]
+    result.rows_repeated = totals["repeated"]
+
+
+def _check_header(spec: CategorySpec, header: HeaderMap, result: FileResult) -> None:
+    missing = missing_required(spec, header)
+    if missing:
+        raise FileError(
+            f"required columns missing from the header: {', '.join(missing)}; the "
+            f"header has: {', '.join(n for n in header.names if n)}. Use the column "
+            "names of the national double-publicity standard"
+        )
+    if header.unknown:
+        result.notes.append(
+            "columns not in the standard, ignored: " + ", ".join(header.unknown)
+        )
+    if header.duplicates:
+        result.notes.append(
+            "columns given twice, the first one is used: " + ", ".join(header.duplicates)
+        )
+
+
+def _stage_csv(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    delivery: Delivery,
+    fp,
+    spec: CategorySpec,
+    result: FileResult,
+) -> tuple[str, HeaderMap]:
+    source = delivery.path
+    encoding = fp.encoding
+    if encoding not in ("utf-8", "utf-8-sig"):
+        target = settings.temp_dir / f"transcoded-{fp.sha256[:16]}.csv"
+        transcode_to_utf8(delivery.path, encoding, target)
+        source = target
+        encoding = "utf-8"
+    names, delimiter = read_csv_header(source, "utf-8-sig")
+    header = map_header(spec, names)
+    _check_header(spec, header, result)
+    width = len(names)
+    columns = "{" + ", ".join(f"'c{pos}': 'VARCHAR'" for pos in range(width)) + "}"
+    try:
+        con.execute(
+            f"""CREATE TEMP TABLE stage_raw AS SELECT * FROM read_csv(
+                    $path, header = true, columns = {columns}, delim = $delim,
+                    quote = '"', escape = '"', auto_detect = false,
+                    strict_mode = true, null_padding = false, encoding = 'utf-8',
+                    max_line_size = 16777216)""",
+            {"path": str(source), "delim": delimiter},
+        )
+    except duckdb.Error as error:
+        # The fast path refuses rows whose field count differs from the header;
+        # the exact path below keeps such rows as rejects instead.
+        log.info(
+            "incoming/%s: DuckDB's reader stopped (%s); reading row by row",
+            delivery.rel_path,
+            str(error).splitlines()[0],
+        )
+        con.execute("DROP TABLE IF EXISTS temp.stage_raw")
+        return _stage_csv_exact(con, source, delimiter, header), header
+    con.execute(
+        "CREATE TEMP VIEW stage_0 AS SELECT CAST(rowid + 2 AS INTEGER) AS row_no, "
+        "CAST(NULL AS VARCHAR) AS sheet, CAST(NULL AS VARCHAR) AS issue_column, "
+        "CAST(NULL AS VARCHAR) AS issue, * FROM stage_raw"
+    )
+    return "stage_0", header
+
+
+def _create_stage_table(con: duckdb.DuckDBPyConnection, name: str, width: int) -> None:
+    columns = ", ".join(f"c{pos} VARCHAR" for pos in range(width))
+    con.execute(
+        f"CREATE TEMP TABLE {name} (row_no INTEGER, sheet VARCHAR, "
+        f"issue_column VARCHAR, issue VARCHAR, {columns})"
+    )
+
+
+def _append_batch(
+    con: duckdb.DuckDBPyConnection, name: str, width: int, batch: list[list]
+) -> None:
+    frame = pd.DataFrame(
+        batch,
+        columns=["row_no", "sheet", "issue_column", "issue"]
+        + [f"c{pos}" for pos in range(width)],
+        dtype=object,
+    )
+    con.register("stage_batch", frame)
+    try:
+        con.execute(f"INSERT INTO {name} SELECT * FROM stage_batch")
+    finally:
+        con.unregister("stage_batch")
+
+
+def _stage_csv_exact(
+    con: duckdb.DuckDBPyConnection, source: Path, delimiter: str, header: HeaderMap
+) -> str:
+    """Parse with Python's csv module, keeping ragged rows as rejects."""
+    import csv
+
+    width = len(header.names)
+    name = "stage_0"
+    _create_stage_table(con, name, width)
+    batch: list[list] = []
+    with source.open("r", encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, strict=False)
+        next(reader, None)
+        for record_no, fields in enumerate(reader, start=2):
+            if not any(f.strip() for f in fields):
+                continue
+            issue_column = issue = None
+            if len(fields) != width:
+                issue_column = None
+                issue = (
+                    f"the row has {len(fields)} fields but the header has {width}; "
+                    "check for a missing or extra comma, or a quote that is not closed"
+                )
+            values = (fields + [None] * width)[:width]
+            batch.append([record_no, None, issue_column, issue, *values])
+            if len(batch) >= XLSX_BATCH_ROWS:
+                _append_batch(con, name, width, batch)
+                batch = []
+    if batch:
+        _append_batch(con, name, width, batch)
+    return name
+
+
+def _stage_xlsx(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    delivery: Delivery,
+    spec: CategorySpec,
+    result: FileResult,
+) -> list[tuple[str, HeaderMap]]:
+    limits = settings.limits
+    check_xlsx_container(
+        delivery.path, limits.max_xlsx_uncompressed_bytes, limits.max_xlsx_cells
+    )
+    workbook = read_workbook(delivery.path, spec, limits.max_xlsx_cells)
+    for skipped in workbook.skipped_sheets:
+        result.notes.append(f"sheet skipped: {skipped}")
+    if not workbook.sheets:
+        raise FileError(
+            "no worksheet has the required columns of a "
+            f"{spec.category} file: " + "; ".join(workbook.skipped_sheets)
+        )
+    staged = []
+    for index, sheet in enumerate(workbook.sheets):
+        _check_header(spec, sheet.header, result)
+        if len(workbook.sheets) > 1 or workbook.skipped_sheets:
+            result.notes.append(f"sheet read: {sheet.name}, header in row {sheet.header_row}")
+        width = len(sheet.header.names)
+        name = f"stage_{index}"
+        _create_stage_table(con, name, width)
+        batch: list[list] = []
+        for row_no, values, issue_column, issue in sheet.rows:
+            batch.append([row_no, sheet.name, issue_column, issue, *values])
+            if len(batch) >= XLSX_BATCH_ROWS:
+                _append_batch(con, name, width, batch)
+                batch = []
+        if batch:
+            _append_batch(con, name, width, batch)
+        staged.append((name, sheet.header))
+    # The same note may come from several sheets.
+    result.notes = list(dict.fromkeys(result.notes))
+    return staged
+
+
+# --------------------------------------------------------------------------- upsert
+
+
+def _validate_and_upsert(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    delivery: Delivery,
+    spec: CategorySpec,
+    header: HeaderMap,
+    stage: str,
+    checked: str,
+    result: FileResult,
+) -> dict[str, int]:
+    query = build_checked_sql(
+        spec,
+        header,
+        stage,
+        checked,
+        delivery.received_date,
+        settings.limits.max_field_chars,
+    )
+    con.execute(query.sql, query.params)
+    meta = {
+        "file_id": result.file_id,
+        "path": delivery.rel_path,
+        "unit_id": delivery.unit_id,
+        "category": delivery.category,
+    }
+    rows_read = con.execute(f"SELECT count(*) FROM {checked}").fetchone()[0]
+    con.execute(
+        f"""INSERT INTO rejects SELECT $file_id, $path, $unit_id, $category, sheet,
+               row_no, reject.col, reject.val, reject.why, record
+           FROM {checked} WHERE reject IS NOT NULL""",
+        meta,
+    )
+    rejected = con.execute(
+        f"SELECT count(*) FROM {checked} WHERE reject IS NOT NULL"
+    ).fetchone()[0]
+    con.execute(
+        f"""INSERT INTO row_flags SELECT $file_id, $path, $unit_id, sheet, row_no,
+               f.col, f.flag
+           FROM (SELECT sheet, row_no, unnest(flag_list) AS f FROM {checked}
+                 WHERE reject IS NULL AND len(flag_list) > 0)""",
+        {k: meta[k] for k in ("file_id", "path", "unit_id")},
+    )
+
+    # The last row of a key within the file wins, as a later delivery would.
+    winners = f"winners_{checked}"
+    con.execute(
+        f"""CREATE TEMP TABLE {winners} AS SELECT * FROM {checked}
+            WHERE reject IS NULL
+            QUALIFY row_number() OVER (PARTITION BY key_hash ORDER BY row_no DESC) = 1"""
+    )
+    valid = rows_read - rejected
+    unique = con.execute(f"SELECT count(*) FROM {winners}").fetchone()[0]
+
+    table = spec.table
+    matched = f"matched_{checked}"
+    con.execute(
+        f"""CREATE TEMP TABLE {matched} AS
+            SELECT r.key_hash, min(r.received_date) AS first_received
+            FROM {table} r SEMI JOIN {winners} w ON r.key_hash = w.key_hash
+            WHERE r.unit_id = $unit_id AND r.category = $category
+            GROUP BY r.key_hash""",
+        {"unit_id": delivery.unit_id, "category": delivery.category},
+    )
+    repeated_keys = con.execute(f"SELECT count(*) FROM {matched}").fetchone()[0]
+    if repeated_keys:
+        con.execute(
+            f"""DELETE FROM {table} WHERE unit_id = $unit_id AND category = $category
+                AND key_hash IN (SELECT key_hash FROM {matched})""",
+            {"unit_id": delivery.unit_id, "category": delivery.category},
+        )
+
+    stored = storage_columns(table)
+    delivered_keys = {column.key for column in spec.columns}
+    values = [
+        (column.key if column.key in delivered_keys else "NULL") for column in stored
+    ]
+    typed_names, typed_values = _typed_columns(spec)
+    con.execute(
+        f"""INSERT INTO {table} (unit_id, category, key_hash, received_date, file_id,
+                sheet, row_no, flags, {", ".join(typed_names + [c.key for c in stored])})
+            SELECT $unit_id, $category, w.key_hash,
+                   least(coalesce(m.first_received, $received), $received),
+                   $file_id, w.sheet, w.row_no,
+                   CASE WHEN len(w.flag_list) > 0 THEN
+                       array_to_string(list_transform(w.flag_list, lambda f: f.flag), '; ')
+                   END,
+                   {", ".join(typed_values + [f"w.{v}" if v != "NULL" else v for v in values])}
+            FROM {winners} w LEFT JOIN {matched} m ON m.key_hash = w.key_hash""",
+        {
+            "unit_id": delivery.unit_id,
+            "category": delivery.category,
+            "received": delivery.received_date,
+            "file_id": result.file_id,
+        },
+    )
+    return {
+        "read": rows_read,
+        "landed": unique - repeated_keys,
+        "rejected": rejected,
+        "repeated": (valid - unique) + repeated_keys,
+    }
+
+
+def _typed_columns(spec: CategorySpec) -> tuple[list[str], list[str]]:
+    names: list[str] = []
+    values: list[str] = []
+    if spec.event_date:
+        names.append(f"{spec.event_date}_value")
+        values.append(f"w.{spec.event_date}_value")
+    if spec.category == "commitment":
+        names.append("commitment_type_value")
+        values.append("w.commitment_type_value")
+    if spec.category == "penalty":
+        names.append("fine_amount_value")
+        values.append("w.fine_amount_value")
+    if spec.keeps_unknown_columns:
+        names.append("extra")
+        values.append("w.extra")
+    return names, values
+
+
+def result_as_dict(result: FileResult) -> dict:
+    return asdict(result)

@@ -1,0 +1,139 @@
+"""DuckDB macros for folding and checking identifiers and reading dates.
+
+The rules are those of ``credit_etl.identifiers`` and the extract contract; they run in
+SQL so that validation is set-based, with no Python per row on the bulk path.
+"""
+
+from __future__ import annotations
+
+from credit_etl.identifiers import (
+    FULLWIDTH,
+    HALFWIDTH,
+    ID_CHECK,
+    ID_WEIGHTS,
+    USCC_ALPHABET,
+    USCC_WEIGHTS,
+)
+
+# White space that folding removes: ASCII, no-break, ideographic, zero-width, BOM.
+_SPACE_CLASS = r"[\s\x{00A0}\x{1680}\x{2000}-\x{200B}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}\x{FEFF}]"
+
+# Year, month and day in the accepted forms, optionally followed by a time.
+DATE_PATTERN = (
+    r"^(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?"
+    r"(?:(?:\s+|T)\d{1,2}[:：时]\d{1,2}(?:[:：分]\d{1,2}(?:\.\d+)?)?[分秒]?"
+    r"(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
+COMPACT_DATE_PATTERN = r"^(\d{4})(\d{2})(\d{2})$"
+SERIAL_PATTERN = r"^\d{1,5}(\.\d+)?$"
+AMOUNT_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)$"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _uscc_check_expr(arg: str) -> str:
+    terms = " + ".join(
+        f"(strpos({_quote(USCC_ALPHABET)}, substr({arg}, {i + 1}, 1)) - 1) * {weight}"
+        for i, weight in enumerate(USCC_WEIGHTS)
+    )
+    return f"substr({_quote(USCC_ALPHABET)}, ((31 - ({terms}) % 31) % 31) + 1, 1)"
+
+
+def _id_check_expr(arg: str) -> str:
+    terms = " + ".join(
+        f"CAST(substr({arg}, {i + 1}, 1) AS INTEGER) * {weight}"
+        for i, weight in enumerate(ID_WEIGHTS)
+    )
+    return f"substr({_quote(ID_CHECK)}, (({terms}) % 11) + 1, 1)"
+
+
+def sql_macros() -> list[str]:
+    """Return the CREATE MACRO statements, in dependency order."""
+    illegal = "[^0-9A-HJ-NP-RTUWXY]"
+    return [
+        # Fold: full-width to half-width, remove every white space, upper-case.
+        f"""CREATE OR REPLACE MACRO ce_fold(s) AS
+            nullif(upper(regexp_replace(
+                translate(s, {_quote(FULLWIDTH)}, {_quote(HALFWIDTH)}),
+                '{_SPACE_CLASS}', '', 'g')), '')""",
+        f"CREATE OR REPLACE MACRO ce_uscc_check(c) AS {_uscc_check_expr('c')}",
+        f"CREATE OR REPLACE MACRO ce_id_check(c) AS {_id_check_expr('c')}",
+        f"""CREATE OR REPLACE MACRO ce_uscc_problem(c) AS CASE
+            WHEN c = '00000000000000000X' THEN NULL
+            WHEN length(c) <> 18 THEN
+                '''' || c || ''' has ' || length(c)
+                || ' characters; a unified social credit code has 18'
+            WHEN regexp_matches(c, '{illegal}') THEN
+                '''' || c || ''' contains ' || regexp_extract(c, '{illegal}')
+                || ', which a unified social credit code never uses'
+                || CASE regexp_extract(c, '{illegal}')
+                    WHEN 'O' THEN ' (0 was probably meant)'
+                    WHEN 'I' THEN ' (1 was probably meant)'
+                    WHEN 'S' THEN ' (5 was probably meant)'
+                    WHEN 'Z' THEN ' (2 was probably meant)'
+                    ELSE '' END
+            WHEN substr(c, 18, 1) <> ce_uscc_check(c) THEN
+                '''' || c || ''': check character is wrong (expected '
+                || ce_uscc_check(c) || ', found ' || substr(c, 18, 1) || ')'
+            END""",
+        """CREATE OR REPLACE MACRO ce_birth(c, y) AS
+            try_cast(y || '-' || substr(c, 3, 2) || '-' || substr(c, 5, 2) AS DATE)""",
+        r"""CREATE OR REPLACE MACRO ce_id_problem(c) AS CASE
+            WHEN length(c) = 15 AND NOT regexp_full_match(c, '\d{15}') THEN
+                '''' || c || ''' is not an ID number: a 15-digit ID has only digits'
+            WHEN length(c) = 15 AND try_cast('19' || substr(c, 7, 2) || '-'
+                    || substr(c, 9, 2) || '-' || substr(c, 11, 2) AS DATE) IS NULL THEN
+                '''' || c || ''': birth date 19' || substr(c, 7, 2) || '-'
+                || substr(c, 9, 2) || '-' || substr(c, 11, 2)
+                || ' inside the ID does not exist'
+            WHEN length(c) = 15 THEN NULL
+            WHEN length(c) <> 18 THEN
+                '''' || c || ''' is not an ID number: it has ' || length(c)
+                || ' characters, an ID number has 18 (or 15 before 1999)'
+            WHEN NOT regexp_full_match(c, '\d{17}[\dX]') THEN
+                '''' || c || ''' is not an ID number: it has 17 digits and a final'
+                || ' digit or X'
+            WHEN try_cast(substr(c, 7, 4) || '-' || substr(c, 11, 2) || '-'
+                    || substr(c, 13, 2) AS DATE) IS NULL THEN
+                '''' || c || ''': birth date ' || substr(c, 7, 4) || '-'
+                || substr(c, 11, 2) || '-' || substr(c, 13, 2)
+                || ' inside the ID does not exist'
+            WHEN substr(c, 18, 1) <> ce_id_check(c) THEN
+                '''' || c || ''': check digit is wrong (expected ' || ce_id_check(c)
+                || ', found ' || substr(c, 18, 1) || ')'
+            END""",
+        f"""CREATE OR REPLACE MACRO ce_date(s) AS CASE
+            WHEN s IS NULL THEN NULL
+            WHEN regexp_full_match(s, '{SERIAL_PATTERN[1:-1]}')
+                 AND NOT regexp_full_match(s, '{COMPACT_DATE_PATTERN[1:-1]}') THEN
+                CASE WHEN CAST(s AS DOUBLE) >= 1 THEN
+                    DATE '1899-12-30' + CAST(floor(CAST(s AS DOUBLE)) AS INTEGER)
+                END
+            WHEN regexp_full_match(s, '{COMPACT_DATE_PATTERN[1:-1]}') THEN
+                try_cast(substr(s, 1, 4) || '-' || substr(s, 5, 2) || '-'
+                         || substr(s, 7, 2) AS DATE)
+            ELSE try_cast(
+                regexp_extract(s, '{DATE_PATTERN}', 1) || '-'
+                || regexp_extract(s, '{DATE_PATTERN}', 2) || '-'
+                || regexp_extract(s, '{DATE_PATTERN}', 3) AS DATE)
+            END""",
+        # Why a non-empty date text cannot be used, or NULL when it reads.
+        f"""CREATE OR REPLACE MACRO ce_date_problem(s) AS CASE
+            WHEN s IS NULL OR ce_date(s) IS NOT NULL THEN NULL
+            WHEN regexp_full_match(s, '{COMPACT_DATE_PATTERN[1:-1]}')
+              OR regexp_matches(s, '{DATE_PATTERN}') THEN
+                '''' || s || ''' is not a real date; check the month and day'
+            ELSE '''' || s || ''' cannot be read as a date; write year, month and '
+                || 'day, for example 2018-10-05'
+            END""",
+        f"""CREATE OR REPLACE MACRO ce_amount(s) AS CASE
+            WHEN regexp_full_match(replace(s, ',', ''), '{AMOUNT_PATTERN[1:-1]}')
+            THEN try_cast(replace(s, ',', '') AS DECIMAL(18, 6)) END""",
+    ]
+
+
+def install_macros(con) -> None:
+    for statement in sql_macros():
+        con.execute(statement)

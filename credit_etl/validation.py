@@ -1,0 +1,283 @@
+"""Set-based row validation: one SQL statement checks every row of a staged sheet.
+
+A staged table has columns ``row_no, sheet, issue_column, issue, c0 .. cN`` holding
+the delivered text. ``build_checked_sql`` turns it into one row per non-empty record
+with the standard columns cleaned, identifiers folded, dates parsed, the natural key
+hashed, the first failing rule as ``reject`` (column, value, reason) and ``flags``.
+Identifiers in the SQL come from code; values from files are bound as parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from credit_etl.readers import HeaderMap
+from credit_etl.schema import (
+    AMOUNT,
+    CODE,
+    COMMITMENT_TYPE,
+    COMMITMENT_TYPES,
+    DATE,
+    CategorySpec,
+)
+
+_EDGE_SPACE = r"^[\s\x{00A0}\x{3000}\x{FEFF}]+|[\s\x{00A0}\x{3000}\x{FEFF}]+$"
+
+
+@dataclass
+class CheckedQuery:
+    sql: str
+    params: dict[str, object]
+
+
+class _Params:
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def add(self, value: object) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f"${name}"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def build_checked_sql(
+    spec: CategorySpec,
+    header: HeaderMap,
+    stage: str,
+    target: str,
+    received_date,
+    max_field_chars: int,
+) -> CheckedQuery:
+    """Return SQL creating temp table ``target`` from staged table ``stage``."""
+    params = _Params()
+    received = params.add(received_date)
+    width = len(header.names)
+    raw = {key: f"c{pos}" for key, pos in header.by_key.items()}
+
+    def delivered(key: str) -> str:
+        return params.add(header.delivered_name(spec, key))
+
+    def clean(key: str) -> str:
+        if key not in raw:
+            return "CAST(NULL AS VARCHAR)"
+        return f"nullif(regexp_replace({raw[key]}, '{_EDGE_SPACE}', '', 'g'), '')"
+
+    select: list[str] = ["row_no", "sheet", "issue_column", "issue"]
+    for column in spec.columns:
+        if column.kind == CODE:
+            select.append(f"ce_fold({clean(column.key)}) AS {column.key}")
+        else:
+            select.append(f"{clean(column.key)} AS {column.key}")
+    select += [f"c{pos}" for pos in range(width)]
+    non_empty = " OR ".join(
+        f"nullif(regexp_replace(c{pos}, '{_EDGE_SPACE}', '', 'g'), '') IS NOT NULL"
+        for pos in range(width)
+    ) or "FALSE"
+
+    rules: list[str] = []
+
+    def rule(condition: str, column_key: str | None, value: str, reason: str) -> None:
+        column_name = delivered(column_key) if column_key else "NULL"
+        rules.append(
+            f"WHEN {condition} THEN struct_pack(col := {column_name}, "
+            f"val := {value}, why := {reason})"
+        )
+
+    # 1. A cell the reader could not turn into text (a code stored as a number).
+    rules.append(
+        "WHEN issue IS NOT NULL THEN struct_pack(col := issue_column, "
+        "val := NULL, why := issue)"
+    )
+    # 2. Field length.
+    for pos in range(width):
+        name = params.add(header.names[pos] or f"column {pos + 1}")
+        limit = params.add(max_field_chars)
+        rules.append(
+            f"WHEN length(c{pos}) > {limit} THEN struct_pack(col := {name}, "
+            f"val := left(c{pos}, 50) || '…', why := 'the value has ' || length(c{pos})"
+            f" || ' characters, more than the limit of ' || {limit} "
+            "|| '; shorten it or split the text')"
+        )
+    # 3. Required columns.
+    for key in spec.required:
+        name = delivered(key)
+        rule(
+            f"{key} IS NULL",
+            key,
+            "NULL",
+            f"{name} || ' is empty; it is required, fill it in'",
+        )
+    # 4. Subject identifier.
+    uscc_name, id_name = delivered("uscc"), delivered("id_number")
+    rule(
+        "uscc IS NULL AND id_number IS NULL",
+        None,
+        "NULL",
+        f"'no subject identifier: ' || {uscc_name} || ' and ' || {id_name} || "
+        "' are both empty; give the unified social credit code of an organisation "
+        "or the ID number of a person'",
+    )
+    rules.append(
+        "WHEN NOT subject_ok THEN CASE WHEN uscc IS NOT NULL THEN "
+        f"struct_pack(col := {uscc_name}, val := uscc, why := uscc_problem "
+        "|| '; check the code and send the row again') ELSE "
+        f"struct_pack(col := {id_name}, val := id_number, why := id_problem "
+        "|| '; check the ID number and send the row again') END"
+    )
+    # 5. Dates.
+    for column in spec.columns:
+        if column.kind != DATE or column.key not in raw:
+            continue
+        name = delivered(column.key)
+        rule(
+            f"{column.key} IS NOT NULL AND ce_date({column.key}) IS NULL",
+            column.key,
+            column.key,
+            f"ce_date_problem({column.key})",
+        )
+        if column.key == spec.event_date:
+            rule(
+                f"ce_date({column.key}) > {received}",
+                column.key,
+                column.key,
+                f"strftime(ce_date({column.key}), '%Y-%m-%d') || ' is after the "
+                f"received date ' || strftime({received}, '%Y-%m-%d') || '; a ' || "
+                f"{name} || ' cannot be later than the day the file was received, "
+                "check the date'",
+            )
+            rule(
+                f"ce_date({column.key}) < DATE '1949-10-01'",
+                column.key,
+                column.key,
+                f"strftime(ce_date({column.key}), '%Y-%m-%d') || ' is before "
+                "1949-10-01; check the year'",
+            )
+    # 6. Amounts.
+    for column in spec.columns:
+        if column.kind == AMOUNT and column.key in raw:
+            rule(
+                f"{column.key} IS NOT NULL AND ce_amount({column.key}) IS NULL",
+                column.key,
+                column.key,
+                f"'''' || {column.key} || ''' cannot be read as an amount; write a "
+                "number in 10,000 yuan, for example 0.5, or leave the cell empty'",
+            )
+    # 7. Commitment type.
+    type_case = ""
+    if spec.category == "commitment":
+        type_case = (
+            "CASE commitment_type "
+            + " ".join(
+                f"WHEN {_quote(word)} THEN {_quote(stored)}"
+                for word, stored in COMMITMENT_TYPES.items()
+            )
+            + " END"
+        )
+        allowed = "主动公示型 (or 主动型), 审批替代型, 信用修复型, 行业自律型, 容缺受理型, 证明事项型, 其他"
+        type_list = "[" + ", ".join(_quote(t) for t in COMMITMENT_TYPES) + "]"
+        rule(
+            f"commitment_type IS NOT NULL AND ({type_case}) IS NULL",
+            "commitment_type",
+            "commitment_type",
+            f"'''' || commitment_type || ''' is not a commitment type; use one of "
+            f"{allowed}' || coalesce(' (' || list_filter({type_list}, "
+            "lambda t: starts_with(t, commitment_type))[1] || ' was probably meant)', '')",
+        )
+
+    flags = [
+        f"CASE WHEN uscc = '00000000000000000X' THEN struct_pack(col := {uscc_name}, "
+        "flag := 'individual-business placeholder 00000000000000000X') END",
+        f"CASE WHEN length(id_number) = 15 AND id_problem IS NULL THEN "
+        f"struct_pack(col := {id_name}, flag := '15-digit pre-1999 ID number') END",
+        f"CASE WHEN uscc IS NOT NULL AND uscc_problem IS NOT NULL AND subject_ok THEN "
+        f"struct_pack(col := {uscc_name}, flag := 'invalid code ignored, the ID "
+        "number identifies the subject: ' || uscc_problem) END",
+        f"CASE WHEN id_number IS NOT NULL AND id_problem IS NOT NULL AND subject_ok "
+        f"THEN struct_pack(col := {id_name}, flag := 'invalid ID number ignored, the "
+        "code identifies the subject: ' || id_problem) END",
+    ]
+
+    subject_key = (
+        "CASE WHEN uscc IS NOT NULL AND uscc_problem IS NULL THEN 'U:' || uscc "
+        "ELSE 'P:' || id_number END"
+    )
+    key_parts = {
+        "license": f"decision_number || '|' || {subject_key}",
+        "penalty": f"decision_number || '|' || {subject_key}",
+        "red_list": f"{subject_key} || '|' || coalesce(list_name, '') || '|' || "
+        "strftime(ce_date(listed_date), '%Y-%m-%d')",
+        "black_list": f"{subject_key} || '|' || coalesce(list_name, '') || '|' || "
+        "strftime(ce_date(listed_date), '%Y-%m-%d')",
+        "commitment": "coalesce('C:' || commitment_code, "
+        f"{subject_key} || '|' || ({type_case or 'commitment_type'}) || '|' || "
+        "strftime(ce_date(commitment_date), '%Y-%m-%d'))",
+        "other": "coalesce('R:' || record_id, 'W:' || concat_ws('|', "
+        + ", ".join(f"coalesce(c{pos}, '')" for pos in range(width))
+        + "))",
+    }[spec.category]
+
+    record_json = (
+        "json_object("
+        + ", ".join(
+            f"{params.add(_unique_name(header.names, pos))}, c{pos}" for pos in range(width)
+        )
+        + ")"
+    )
+
+    typed: list[str] = []
+    if spec.event_date:
+        typed.append(f"ce_date({spec.event_date}) AS {spec.event_date}_value")
+    if spec.category == "commitment":
+        typed.append(f"({type_case}) AS commitment_type_value")
+    if spec.category == "penalty":
+        typed.append("ce_amount(fine_amount) AS fine_amount_value")
+    if spec.keeps_unknown_columns:
+        known = set(header.by_key.values())
+        pairs = [
+            f"{params.add(_unique_name(header.names, pos))}, c{pos}"
+            for pos in range(width)
+            if pos not in known and header.names[pos]
+        ]
+        typed.append(
+            f"json_object({', '.join(pairs)}) AS extra" if pairs else "NULL::JSON AS extra"
+        )
+
+    sql = f"""
+CREATE TEMP TABLE {target} AS
+WITH src AS (
+    SELECT {", ".join(select)} FROM {stage} WHERE {non_empty}
+), probed AS (
+    SELECT *,
+        CASE WHEN uscc IS NOT NULL THEN ce_uscc_problem(uscc) END AS uscc_problem,
+        CASE WHEN id_number IS NOT NULL THEN ce_id_problem(id_number) END AS id_problem
+    FROM src
+), judged AS (
+    SELECT *,
+        coalesce((uscc IS NOT NULL AND uscc_problem IS NULL)
+              OR (id_number IS NOT NULL AND id_problem IS NULL), FALSE) AS subject_ok
+    FROM probed
+)
+SELECT *,
+    CASE {" ".join(rules)} END AS reject,
+    list_filter([{", ".join(flags)}], lambda f: f IS NOT NULL) AS flag_list,
+    md5_number({params.add(spec.category)} || '|' || ({key_parts})) AS key_hash,
+    {record_json} AS record,
+    {", ".join(typed) if typed else "NULL AS no_typed"}
+FROM judged
+"""
+    used = set(re.findall(r"\$(p\d+)\b", sql))
+    return CheckedQuery(
+        sql=sql, params={k: v for k, v in params.values.items() if k in used}
+    )
+
+
+def _unique_name(names: list[str], pos: int) -> str:
+    name = names[pos] or f"column {pos + 1}"
+    if names.count(names[pos]) > 1 or not names[pos]:
+        return f"{name} (column {pos + 1})"
+    return name
