@@ -54,13 +54,13 @@ def sql_macros() -> list[str]:
     illegal = "[^0-9A-HJ-NP-RTUWXY]"
     return [
         # Fold: full-width to half-width, remove every white space, upper-case.
-        f"""CREATE OR REPLACE MACRO ce_fold(s) AS
+        f"""CREATE OR REPLACE TEMP MACRO ce_fold(s) AS
             nullif(upper(regexp_replace(
                 translate(s, {_quote(FULLWIDTH)}, {_quote(HALFWIDTH)}),
                 '{_SPACE_CLASS}', '', 'g')), '')""",
-        f"CREATE OR REPLACE MACRO ce_uscc_check(c) AS {_uscc_check_expr('c')}",
-        f"CREATE OR REPLACE MACRO ce_id_check(c) AS {_id_check_expr('c')}",
-        f"""CREATE OR REPLACE MACRO ce_uscc_problem(c) AS CASE
+        f"CREATE OR REPLACE TEMP MACRO ce_uscc_check(c) AS {_uscc_check_expr('c')}",
+        f"CREATE OR REPLACE TEMP MACRO ce_id_check(c) AS {_id_check_expr('c')}",
+        f"""CREATE OR REPLACE TEMP MACRO ce_uscc_problem(c) AS CASE
             WHEN c = '00000000000000000X' THEN NULL
             WHEN length(c) <> 18 THEN
                 '''' || c || ''' has ' || length(c)
@@ -78,9 +78,9 @@ def sql_macros() -> list[str]:
                 '''' || c || ''': check character is wrong (expected '
                 || ce_uscc_check(c) || ', found ' || substr(c, 18, 1) || ')'
             END""",
-        """CREATE OR REPLACE MACRO ce_birth(c, y) AS
+        """CREATE OR REPLACE TEMP MACRO ce_birth(c, y) AS
             try_cast(y || '-' || substr(c, 3, 2) || '-' || substr(c, 5, 2) AS DATE)""",
-        r"""CREATE OR REPLACE MACRO ce_id_problem(c) AS CASE
+        r"""CREATE OR REPLACE TEMP MACRO ce_id_problem(c) AS CASE
             WHEN length(c) = 15 AND NOT regexp_full_match(c, '\d{15}') THEN
                 '''' || c || ''' is not an ID number: a 15-digit ID has only digits'
             WHEN length(c) = 15 AND try_cast('19' || substr(c, 7, 2) || '-'
@@ -104,7 +104,7 @@ def sql_macros() -> list[str]:
                 '''' || c || ''': check digit is wrong (expected ' || ce_id_check(c)
                 || ', found ' || substr(c, 18, 1) || ')'
             END""",
-        f"""CREATE OR REPLACE MACRO ce_date(s) AS CASE
+        f"""CREATE OR REPLACE TEMP MACRO ce_date(s) AS CASE
             WHEN s IS NULL THEN NULL
             WHEN regexp_full_match(s, '{SERIAL_PATTERN[1:-1]}')
                  AND NOT regexp_full_match(s, '{COMPACT_DATE_PATTERN[1:-1]}') THEN
@@ -120,7 +120,7 @@ def sql_macros() -> list[str]:
                 || regexp_extract(s, '{DATE_PATTERN}', 3) AS DATE)
             END""",
         # Why a non-empty date text cannot be used, or NULL when it reads.
-        f"""CREATE OR REPLACE MACRO ce_date_problem(s) AS CASE
+        f"""CREATE OR REPLACE TEMP MACRO ce_date_problem(s) AS CASE
             WHEN s IS NULL OR ce_date(s) IS NOT NULL THEN NULL
             WHEN regexp_full_match(s, '{COMPACT_DATE_PATTERN[1:-1]}')
               OR regexp_matches(s, '{DATE_PATTERN}') THEN
@@ -128,7 +128,7 @@ def sql_macros() -> list[str]:
             ELSE '''' || s || ''' cannot be read as a date; write year, month and '
                 || 'day, for example 2018-10-05'
             END""",
-        f"""CREATE OR REPLACE MACRO ce_amount(s) AS CASE
+        f"""CREATE OR REPLACE TEMP MACRO ce_amount(s) AS CASE
             WHEN regexp_full_match(replace(s, ',', ''), '{AMOUNT_PATTERN[1:-1]}')
             THEN try_cast(replace(s, ',', '') AS DECIMAL(18, 6)) END""",
     ]

@@ -1,0 +1,1 @@
+"""Schedules and sensors of the code location."""

@@ -1,0 +1,66 @@
+"""Annexes group: the four annex workbooks of a quarter, read from its figures."""
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from assets.figures import quarter_figures
+from assets.partitions import quarter_of, quarterly_partitions
+from assets.resources import CreditEtlSettings, open_warehouse
+from credit_etl.annexes import (
+    ANNEXES,
+    Annex,
+    annex_rows,
+    render_workbook,
+    save_atomically,
+)
+from credit_etl.masking import markdown_preview
+
+
+def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"annex{annex.number}_workbook",
+        group_name="annexes",
+        kinds={"excel"},
+        partitions_def=quarterly_partitions,
+        deps=[quarter_figures],
+        description=(
+            f"{annex.sheet_name} {annex.title}: exports/<quarter>/{annex.file_name}, "
+            "laid out as in the bulletin."
+        ),
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        credit_settings: CreditEtlSettings,
+        warehouse: DuckDBResource,
+    ) -> dg.MaterializeResult:
+        settings = credit_settings.load()
+        quarter = quarter_of(context)
+        with open_warehouse(warehouse) as con:
+            rows = annex_rows(con, quarter, annex.number)
+        folder = settings.exports_dir / quarter.label
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / annex.file_name
+        save_atomically(render_workbook(annex, quarter, rows), path)
+        context.log.info(f"wrote {path}")
+        unit_rows = [row for row in rows if row["row_type"] == "unit"]
+        keys = [leaf.key for leaf in annex.leaves()]
+        headers = annex.leaf_headers(quarter)
+        preview = pd.DataFrame(
+            [[row.get(key) for key in keys] for row in rows if row["row_type"] != "group"],
+            columns=[f"{h} ({k})" if headers.count(h) > 1 else h for h, k in zip(headers, keys, strict=True)],
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "path": dg.MetadataValue.path(str(path)),
+                "dagster/row_count": dg.MetadataValue.int(len(unit_rows)),
+                "quarter": quarter.label,
+                "preview": dg.MetadataValue.md(markdown_preview(preview, max_rows=12)),
+            }
+        )
+
+    return _asset
+
+
+def annex_assets() -> list[dg.AssetsDefinition]:
+    return [_annex_asset(annex) for annex in ANNEXES]

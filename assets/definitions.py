@@ -1,0 +1,41 @@
+"""The code location: assets, jobs, schedule and sensor, built when Dagster loads it."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.annexes import annex_assets
+from assets.figures import quarter_figures
+from assets.ingest import landed_extracts
+from assets.resources import build_resources
+from credit_etl.settings import Settings, load_settings
+from sensors.extracts import new_extract_sensor
+from sensors.schedules import quarterly_report_schedule
+
+INGEST_JOB = "ingest_job"
+REPORT_JOB = "quarterly_report"
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    ingest_job = dg.define_asset_job(
+        INGEST_JOB,
+        selection=dg.AssetSelection.groups("ingest"),
+        description="Land every new delivery under incoming/ in the warehouse.",
+    )
+    report_job = dg.define_asset_job(
+        REPORT_JOB,
+        selection=dg.AssetSelection.groups("figures", "annexes"),
+        description="Compute one quarter's figures and write its four annexes.",
+    )
+    return dg.Definitions(
+        assets=[landed_extracts, quarter_figures, *annex_assets()],
+        jobs=[ingest_job, report_job],
+        schedules=[quarterly_report_schedule(report_job, settings.deadline_day)],
+        sensors=[new_extract_sensor(ingest_job, settings)],
+        resources=build_resources(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())

@@ -1,0 +1,335 @@
+"""The ``credit-etl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from credit_etl.periods import Quarter
+from credit_etl.settings import DATA_DIR_ENV, Settings, load_settings
+
+log = logging.getLogger("credit_etl")
+
+DAGSTER_YAML = """\
+# Written by credit-etl; edit freely, it is not overwritten.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    settings = load_settings(args.data_dir)
+    try:
+        return args.handler(args, settings)
+    except (ValueError, RuntimeError) as error:
+        print(f"credit-etl: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="credit-etl",
+        description="Turn reporting units' credit extracts into the quarterly bulletin.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--data-dir",
+            help=f"data directory (default: ${DATA_DIR_ENV}, else var/ in the "
+            "repository); holds incoming/, the warehouse, exports/ and the Dagster home",
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command(
+        "run",
+        _run,
+        "Ingest every new file in incoming/, then materialise one quarter's figures "
+        "and annexes through Dagster.",
+    )
+    run.add_argument("--quarter", required=True, help="quarter to report, e.g. 2018Q4")
+    run.add_argument(
+        "--cutoff",
+        help="cut-off date YYYY-MM-DD (default: the quarter's deadline, the 10th of "
+        "the following month)",
+    )
+
+    command("ingest", _ingest, "Ingest every new settled file in incoming/.")
+
+    files = command("files", _files, "List the file ledger.")
+    files.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    demo_data = command(
+        "demo-data",
+        _demo_data,
+        "Write demo extracts for 2018 into incoming/ (scale 1 reproduces the "
+        "2018 bulletin's figures).",
+    )
+    demo_data.add_argument(
+        "--scale", type=float, default=1.0, help="share of the 2018 volume (default 1)"
+    )
+    demo_data.add_argument(
+        "--units", nargs="*", help="unit ids to write (default: all units)"
+    )
+
+    demo = command(
+        "demo",
+        _demo,
+        "The main job: write demo extracts, then run every quarter of 2018.",
+    )
+    demo.add_argument(
+        "--scale",
+        type=float,
+        default=0.01,
+        help="share of the 2018 volume (default 0.01, about 1.2 million records)",
+    )
+
+    ui = command("ui", _ui, "Start the Dagster UI on this data directory.")
+    ui.add_argument("--port", type=int, default=3000, help="TCP port (default 3000)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    return parser
+
+
+# --------------------------------------------------------------------------- Dagster
+
+
+def prepare_dagster_home(settings: Settings) -> None:
+    """Point Dagster at the data directory's home so runs and cursors persist."""
+    settings.ensure_dirs()
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML, encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    os.environ[DATA_DIR_ENV] = str(settings.data_dir)
+
+
+def run_quarter(settings: Settings, quarter: Quarter, cutoff: dt.date | None) -> list[Path]:
+    """Run the ingest job, then the quarterly report job, recorded in the Dagster home."""
+    prepare_dagster_home(settings)
+    import dagster as dg
+
+    from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
+    from assets.partitions import partition_key
+
+    definitions = build_definitions(settings)
+    with dg.DagsterInstance.get() as instance:
+        _fail_abandoned_runs(instance)
+        tags = {"credit_etl/launched_by": "cli", "credit_etl/pid": str(os.getpid())}
+        quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+        ingest = definitions.resolve_job_def(INGEST_JOB).execute_in_process(
+            instance=instance, tags=tags, run_config=quiet, raise_on_error=False
+        )
+        if not ingest.success:
+            raise RuntimeError(f"ingest run {ingest.run_id} failed; see the Dagster UI")
+        run_config = dict(quiet)
+        if cutoff:
+            figures_config = {"config": {"cutoff": cutoff.isoformat()}}
+            run_config["ops"] = {"quarter_figures": figures_config}
+        report = definitions.resolve_job_def(REPORT_JOB).execute_in_process(
+            instance=instance,
+            partition_key=partition_key(quarter),
+            run_config=run_config,
+            tags={**tags, "credit_etl/quarter": quarter.label},
+            raise_on_error=False,
+        )
+        if not report.success:
+            raise RuntimeError(
+                f"report run {report.run_id} for {quarter.label} failed; see the "
+                "Dagster UI"
+            )
+    folder = settings.exports_dir / quarter.label
+    return [folder / f"annex{n}.xlsx" for n in range(1, 5)]
+
+
+def _fail_abandoned_runs(instance) -> None:
+    """Mark runs of this command whose process is gone as failed, not running."""
+    import dagster as dg
+
+    records = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={"credit_etl/launched_by": "cli"},
+        )
+    )
+    for run in records:
+        pid = int(run.tags.get("credit_etl/pid", "0"))
+        if pid and _process_alive(pid):
+            continue
+        instance.report_run_failed(run, message="the credit-etl process ended during the run")
+        log.warning("marked run %s as failed: its process %s is gone", run.run_id, pid)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _run(args, settings: Settings) -> int:
+    quarter = Quarter.parse(args.quarter)
+    cutoff = dt.date.fromisoformat(args.cutoff) if args.cutoff else None
+    started = time.monotonic()
+    paths = run_quarter(settings, quarter, cutoff)
+    print(f"{quarter.label}: annexes written in {time.monotonic() - started:.1f} s:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def _ingest(args, settings: Settings) -> int:
+    from credit_etl.ingest import ingest_incoming
+    from credit_etl.warehouse import connect
+
+    con = connect(settings)
+    try:
+        report = ingest_incoming(con, settings)
+    finally:
+        con.close()
+    for result in report.results:
+        print(
+            f"{result.status:9} incoming/{result.rel_path}: read {result.rows_read or 0}, "
+            f"landed {result.rows_landed or 0}, rejected {result.rows_rejected or 0}, "
+            f"repeated {result.rows_repeated or 0}"
+            + (f" ({result.error})" if result.error else "")
+        )
+    for problem in report.problems:
+        print(f"not read  incoming/{problem.rel_path}: {problem.problem}")
+    print(json.dumps(report.summary()))
+    return 0
+
+
+LEDGER_FIELDS = (
+    "file_id",
+    "path",
+    "unit_id",
+    "category",
+    "received_date",
+    "sha256",
+    "size_bytes",
+    "encoding",
+    "rows_read",
+    "rows_landed",
+    "rows_rejected",
+    "rows_repeated",
+    "status",
+    "error",
+    "duplicate_of",
+    "notes",
+    "ingested_at",
+)
+
+
+def _files(args, settings: Settings) -> int:
+    from credit_etl.warehouse import connect
+
+    if not settings.warehouse_path.exists():
+        print("no warehouse yet; run `credit-etl ingest` first", file=sys.stderr)
+        return 1
+    con = connect(settings, read_only=True)
+    try:
+        rows = con.execute(
+            f"""SELECT l.{", l.".join(LEDGER_FIELDS[:-3])}, d.path, l.notes, l.ingested_at
+                FROM ledger l LEFT JOIN ledger d ON d.file_id = l.duplicate_of
+                ORDER BY l.file_id"""
+        ).fetchall()
+    finally:
+        con.close()
+    for row in rows:
+        record = dict(zip(LEDGER_FIELDS, row, strict=True))
+        record["received_date"] = (
+            record["received_date"].isoformat() if record["received_date"] else None
+        )
+        record["ingested_at"] = record["ingested_at"].isoformat(timespec="seconds")
+        record["notes"] = json.loads(record["notes"]) if record["notes"] else []
+        if args.json:
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(
+                f"{record['file_id']:>5} {record['status']:9} {record['path']}  "
+                f"read {record['rows_read'] or 0} landed {record['rows_landed'] or 0} "
+                f"rejected {record['rows_rejected'] or 0} repeated "
+                f"{record['rows_repeated'] or 0}"
+                + (f"  {record['error']}" if record["error"] else "")
+            )
+    return 0
+
+
+def _demo_data(args, settings: Settings) -> int:
+    from credit_etl.demo import write_demo_data
+
+    settings.ensure_dirs()
+    started = time.monotonic()
+    summary = write_demo_data(settings.incoming_dir, scale=args.scale, units=args.units)
+    print(
+        f"wrote {summary.total_records:,} records in {len(summary.files):,} files to "
+        f"{settings.incoming_dir} in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def _demo(args, settings: Settings) -> int:
+    from credit_etl.demo import write_demo_data
+
+    settings.ensure_dirs()
+    started = time.monotonic()
+    summary = write_demo_data(settings.incoming_dir, scale=args.scale)
+    print(f"demo data: {summary.total_records:,} records in {len(summary.files):,} files")
+    # The demo files were complete when written, so they need not settle.
+    os.environ["CREDIT_ETL_SETTLE_SECONDS"] = "0"
+    settings = load_settings(settings.data_dir)
+    for q in range(1, 5):
+        quarter = Quarter(2018, q)
+        paths = run_quarter(settings, quarter, None)
+        print(f"{quarter.label}: {paths[0].parent}")
+    print(f"demo finished in {time.monotonic() - started:.1f} s")
+    print(f"annexes of the annual report: {settings.exports_dir / '2018Q4'}")
+    return 0
+
+
+def _ui(args, settings: Settings) -> int:
+    from credit_etl.settings import REPO_ROOT
+
+    prepare_dagster_home(settings)
+    command = [
+        "dagster",
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    print(f"DAGSTER_HOME={settings.dagster_home} {' '.join(command)}")
+    os.chdir(REPO_ROOT)
+    os.execvp(command[0], command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Every figure of the bulletin, per unit and per scope, for a quarter and a cut-off date.
+
+Definitions (all counts over landed records received on or before the cut-off date):
+
+- stock: every record except commitments; quarter increment: received inside the
+  quarter; year stock: received inside the calendar year of the quarter.
+- double publicity (dp): licences and penalties. A record is timely when it was
+  received at most N days after its decision date (N = 7 by default; calendar days
+  unless working days are configured). Timeliness is timely / received in the period,
+  NULL when nothing was received, kept at full precision.
+- red/black lists: red_list plus black_list records received in the period.
+- annex 2: licences and penalties received in each quarter of the year, the year's
+  sum and the stock at the cut-off date.
+- annex 4: commitments by type received on or before the cut-off date; the other
+  national types (容缺受理型, 证明事项型, 其他) count together.
+- totals are computed from records, never from unit rows: rates are pooled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import duckdb
+
+from credit_etl.periods import Quarter
+from credit_etl.settings import Settings
+from credit_etl.warehouse import FIGURE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SCOPES = {"local": ("district", "county"), "department": ("department",)}
+
+_WORKDAYS_MACRO = """
+CREATE OR REPLACE TEMP MACRO ce_workdays_after(a, b) AS
+    len(list_filter(
+        CAST(generate_series(a + INTERVAL 1 DAY, CAST(b AS TIMESTAMP), INTERVAL 1 DAY)
+             AS DATE[]),
+        lambda d: isodow(d) <= 5))
+"""
+
+
+def _measures(timely: str) -> str:
+    """SQL aggregates for every count figure over the rows of ``facts``."""
+    not_commitment = "category <> 'commitment'"
+    dp = "category IN ('license', 'penalty')"
+    rb = "category IN ('red_list', 'black_list')"
+    in_quarter = "received_date BETWEEN $q_start AND $q_end"
+    in_year = "received_date BETWEEN $y_start AND $y_end"
+
+    def count(condition: str) -> str:
+        return f"count(category) FILTER (WHERE {condition})"
+
+    parts = {
+        "total_stock": count(not_commitment),
+        "quarter_increment": count(f"{not_commitment} AND {in_quarter}"),
+        "year_stock": count(f"{not_commitment} AND {in_year}"),
+        "dp_stock": count(dp),
+        "dp_quarter_increment": count(f"{dp} AND {in_quarter}"),
+        "dp_quarter_timely": count(f"{dp} AND {in_quarter} AND {timely}"),
+        "dp_year_stock": count(f"{dp} AND {in_year}"),
+        "dp_year_timely": count(f"{dp} AND {in_year} AND {timely}"),
+        "redblack_quarter": count(f"{rb} AND {in_quarter}"),
+        "redblack_year": count(f"{rb} AND {in_year}"),
+    }
+    for q in range(1, 5):
+        window = f"received_date BETWEEN $q{q}_start AND $q{q}_end"
+        parts[f"license_q{q}"] = count(f"category = 'license' AND {window}")
+        parts[f"penalty_q{q}"] = count(f"category = 'penalty' AND {window}")
+    parts["license_year"] = count(f"category = 'license' AND {in_year}")
+    parts["penalty_year"] = count(f"category = 'penalty' AND {in_year}")
+    parts["license_stock"] = count("category = 'license'")
+    parts["penalty_stock"] = count("category = 'penalty'")
+    commitment = "category = 'commitment'"
+    parts["commitment_voluntary"] = count(f"{commitment} AND commitment_type = '主动公示型'")
+    parts["commitment_credit_repair"] = count(
+        f"{commitment} AND commitment_type = '信用修复型'"
+    )
+    parts["commitment_approval_substitute"] = count(
+        f"{commitment} AND commitment_type = '审批替代型'"
+    )
+    parts["commitment_self_discipline"] = count(
+        f"{commitment} AND commitment_type = '行业自律型'"
+    )
+    parts["commitment_other_types"] = count(
+        f"{commitment} AND commitment_type IN ('容缺受理型', '证明事项型', '其他')"
+    )
+    parts["commitment_total"] = count(commitment)
+    assert tuple(parts) == FIGURE_COLUMNS, "figure columns out of step with the DDL"
+    return ",\n        ".join(f"{sql} AS {name}" for name, sql in parts.items())
+
+
+def _rates() -> str:
+    return """
+        CASE WHEN dp_quarter_increment > 0
+             THEN dp_quarter_timely / dp_quarter_increment END AS dp_quarter_timeliness,
+        CASE WHEN dp_year_stock > 0
+             THEN dp_year_timely / dp_year_stock END AS dp_year_timeliness"""
+
+
+def period_params(quarter: Quarter, cutoff: dt.date) -> dict[str, object]:
+    params: dict[str, object] = {
+        "period": quarter.label,
+        "cutoff": cutoff,
+        "q_start": quarter.start,
+        "q_end": quarter.end,
+        "y_start": quarter.year_start,
+        "y_end": quarter.year_end,
+    }
+    for q in range(1, 5):
+        part = Quarter(quarter.year, q)
+        params[f"q{q}_start"] = part.start
+        params[f"q{q}_end"] = part.end
+    return params
+
+
+def compute_figures(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    quarter: Quarter,
+    cutoff: dt.date | None = None,
+) -> dt.date:
+    """Replace the quarter's rows of unit_figures and total_figures; return the cut-off."""
+    cutoff = cutoff or quarter.deadline(settings.deadline_day)
+    if cutoff < quarter.end:
+        raise ValueError(
+            f"cut-off date {cutoff} is before the end of {quarter.label} "
+            f"({quarter.end}); give a date on or after the quarter's last day"
+        )
+    if settings.timeliness_working_days:
+        con.execute(_WORKDAYS_MACRO)
+        timely = f"ce_workdays_after(event_date, received_date) <= {int(settings.timeliness_days)}"
+    else:
+        timely = (
+            f"date_diff('day', event_date, received_date) <= {int(settings.timeliness_days)}"
+        )
+    params = period_params(quarter, cutoff)
+    measures = _measures(timely)
+    columns = ", ".join(FIGURE_COLUMNS)
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM unit_figures WHERE period = $period", {"period": quarter.label})
+        con.execute("DELETE FROM total_figures WHERE period = $period", {"period": quarter.label})
+        con.execute(
+            f"""
+INSERT INTO unit_figures (period, cutoff, unit_id, {columns}, dp_quarter_timeliness,
+    dp_year_timeliness, population_10k, per_capita)
+WITH facts AS (SELECT * FROM record_facts WHERE received_date <= $cutoff),
+counted AS (
+    SELECT u.unit_id, any_value(u.population_10k) AS population_10k,
+        {measures}
+    FROM units u LEFT JOIN facts f ON f.unit_id = u.unit_id
+    GROUP BY u.unit_id
+)
+SELECT $period, $cutoff, unit_id, {columns}, {_rates()},
+    population_10k,
+    CASE WHEN population_10k > 0 THEN total_stock / (population_10k * 10000) END
+FROM counted
+""",
+            params,
+        )
+        con.execute(
+            f"""
+INSERT INTO total_figures (period, cutoff, scope, {columns}, dp_quarter_timeliness,
+    dp_year_timeliness, population_10k, per_capita)
+WITH facts AS (SELECT * FROM record_facts WHERE received_date <= $cutoff),
+scoped AS (
+    SELECT CASE WHEN u.kind = 'department' THEN 'department' ELSE 'local' END AS scope,
+           u.unit_id
+    FROM units u
+),
+counted AS (
+    SELECT s.scope, {measures}
+    FROM scoped s LEFT JOIN facts f ON f.unit_id = s.unit_id
+    GROUP BY s.scope
+),
+population AS (
+    SELECT CASE WHEN kind = 'department' THEN 'department' ELSE 'local' END AS scope,
+           sum(population_10k) AS population_10k
+    FROM units GROUP BY ALL
+)
+SELECT $period, $cutoff, c.scope, {columns}, {_rates()},
+    p.population_10k,
+    CASE WHEN p.population_10k > 0 THEN total_stock / (p.population_10k * 10000) END
+FROM counted c JOIN population p USING (scope)
+""",
+            params,
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("figures of %s computed with cut-off %s", quarter.label, cutoff)
+    return cutoff
+
+
+def unit_figures_frame(con: duckdb.DuckDBPyConnection, quarter: Quarter):
+    """Return the quarter's unit figures joined with the registry, as a DataFrame."""
+    return con.execute(
+        """SELECT u.name_zh, u.kind, f.* FROM unit_figures f JOIN units u USING (unit_id)
+           WHERE f.period = ? ORDER BY u.kind, u.annex_order""",
+        [quarter.label],
+    ).df()
