@@ -47,8 +47,15 @@ def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
         keys = [leaf.key for leaf in annex.leaves()]
         headers = annex.leaf_headers(quarter)
         preview = pd.DataFrame(
-            [[row.get(key) for key in keys] for row in rows if row["row_type"] != "group"],
-            columns=[f"{h} ({k})" if headers.count(h) > 1 else h for h, k in zip(headers, keys, strict=True)],
+            [
+                [row.get(key) for key in keys]
+                for row in rows
+                if row["row_type"] != "group"
+            ],
+            columns=[
+                f"{h} ({k})" if headers.count(h) > 1 else h
+                for h, k in zip(headers, keys, strict=True)
+            ],
         )
         return dg.MaterializeResult(
             metadata={

@@ -6,7 +6,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets.resources import CreditEtlSettings, open_warehouse
 from credit_etl.ingest import ingest_incoming
-from credit_etl.masking import mask_records, mask_text, markdown_preview
+from credit_etl.masking import markdown_preview, mask_records, mask_text
 from credit_etl.schema import TABLES
 
 

@@ -121,7 +121,9 @@ def prepare_dagster_home(settings: Settings) -> None:
     os.environ[DATA_DIR_ENV] = str(settings.data_dir)
 
 
-def run_quarter(settings: Settings, quarter: Quarter, cutoff: dt.date | None) -> list[Path]:
+def run_quarter(
+    settings: Settings, quarter: Quarter, cutoff: dt.date | None
+) -> list[Path]:
     """Run the ingest job, then the quarterly report job, recorded in the Dagster home."""
     prepare_dagster_home(settings)
     import dagster as dg
@@ -173,7 +175,9 @@ def _fail_abandoned_runs(instance) -> None:
         pid = int(run.tags.get("credit_etl/pid", "0"))
         if pid and _process_alive(pid):
             continue
-        instance.report_run_failed(run, message="the credit-etl process ended during the run")
+        instance.report_run_failed(
+            run, message="the credit-etl process ended during the run"
+        )
         log.warning("marked run %s as failed: its process %s is gone", run.run_id, pid)
 
 
@@ -298,7 +302,9 @@ def _demo(args, settings: Settings) -> int:
     settings.ensure_dirs()
     started = time.monotonic()
     summary = write_demo_data(settings.incoming_dir, scale=args.scale)
-    print(f"demo data: {summary.total_records:,} records in {len(summary.files):,} files")
+    print(
+        f"demo data: {summary.total_records:,} records in {len(summary.files):,} files"
+    )
     # The demo files were complete when written, so they need not settle.
     os.environ["CREDIT_ETL_SETTLE_SECONDS"] = "0"
     settings = load_settings(settings.data_dir)

@@ -72,7 +72,9 @@ def _measures(timely: str) -> str:
     parts["license_stock"] = count("category = 'license'")
     parts["penalty_stock"] = count("category = 'penalty'")
     commitment = "category = 'commitment'"
-    parts["commitment_voluntary"] = count(f"{commitment} AND commitment_type = '主动公示型'")
+    parts["commitment_voluntary"] = count(
+        f"{commitment} AND commitment_type = '主动公示型'"
+    )
     parts["commitment_credit_repair"] = count(
         f"{commitment} AND commitment_type = '信用修复型'"
     )
@@ -131,17 +133,20 @@ def compute_figures(
         con.execute(_WORKDAYS_MACRO)
         timely = f"ce_workdays_after(event_date, received_date) <= {int(settings.timeliness_days)}"
     else:
-        timely = (
-            f"date_diff('day', event_date, received_date) <= {int(settings.timeliness_days)}"
-        )
+        timely = f"date_diff('day', event_date, received_date) <= {int(settings.timeliness_days)}"
     params = period_params(quarter, cutoff)
     measures = _measures(timely)
     columns = ", ".join(FIGURE_COLUMNS)
 
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM unit_figures WHERE period = $period", {"period": quarter.label})
-        con.execute("DELETE FROM total_figures WHERE period = $period", {"period": quarter.label})
+        con.execute(
+            "DELETE FROM unit_figures WHERE period = $period", {"period": quarter.label}
+        )
+        con.execute(
+            "DELETE FROM total_figures WHERE period = $period",
+            {"period": quarter.label},
+        )
         con.execute(
             f"""
 INSERT INTO unit_figures (period, cutoff, unit_id, {columns}, dp_quarter_timeliness,

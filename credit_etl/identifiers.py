@@ -37,7 +37,9 @@ def uscc_check_char(body17: str) -> str:
 
 
 def id_check_char(body17: str) -> str:
-    total = sum(int(char) * weight for char, weight in zip(body17, ID_WEIGHTS, strict=True))
+    total = sum(
+        int(char) * weight for char, weight in zip(body17, ID_WEIGHTS, strict=True)
+    )
     return ID_CHECK[total % 11]
 
 

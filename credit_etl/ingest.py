@@ -90,7 +90,9 @@ def ingest_incoming(
 ) -> IngestReport:
     """Ingest every new settled delivery under incoming/, in received-date order."""
     units = units or load_units()
-    scan: Scan = scan_incoming(settings.incoming_dir, units, settings.settle_seconds, now)
+    scan: Scan = scan_incoming(
+        settings.incoming_dir, units, settings.settle_seconds, now
+    )
     for problem in scan.problems:
         _record_name_problem(con, problem)
     results = []
@@ -163,7 +165,9 @@ def ingest_file(
     if earlier:
         base.status = STATUS_DUPLICATE
         base.duplicate_of = earlier[1]
-        base.error = f"same bytes as incoming/{earlier[1]}, already landed; adds nothing"
+        base.error = (
+            f"same bytes as incoming/{earlier[1]}, already landed; adds nothing"
+        )
         base.file_id = _write_ledger(con, delivery, fp, base, duplicate_of=earlier[0])
         log.info("duplicate: %s is a copy of incoming/%s", print_path, earlier[1])
         return base
@@ -333,7 +337,8 @@ def _check_header(spec: CategorySpec, header: HeaderMap, result: FileResult) -> 
         )
     if header.duplicates:
         result.notes.append(
-            "columns given twice, the first one is used: " + ", ".join(header.duplicates)
+            "columns given twice, the first one is used: "
+            + ", ".join(header.duplicates)
         )
 
 
@@ -464,7 +469,9 @@ def _stage_xlsx(
     for index, sheet in enumerate(workbook.sheets):
         _check_header(spec, sheet.header, result)
         if len(workbook.sheets) > 1 or workbook.skipped_sheets:
-            result.notes.append(f"sheet read: {sheet.name}, header in row {sheet.header_row}")
+            result.notes.append(
+                f"sheet read: {sheet.name}, header in row {sheet.header_row}"
+            )
         width = len(sheet.header.names)
         name = f"stage_{index}"
         _create_stage_table(con, name, width)

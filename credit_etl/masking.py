@@ -13,7 +13,9 @@ import pandas as pd
 from credit_etl.identifiers import mask_id, mask_name
 
 # An 18-digit ID (last character may be X) or a 15-digit old ID inside free text.
-_ID_IN_TEXT = re.compile(r"(?<![0-9A-Za-z])(\d{6})(\d{5}|\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
+_ID_IN_TEXT = re.compile(
+    r"(?<![0-9A-Za-z])(\d{6})(\d{5}|\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])"
+)
 _ID_COLUMNS = ("id_number", "legal_representative_id_number")
 _NAME_COLUMNS = ("legal_representative",)
 NATURAL_PERSON_TYPES = ("自然人",)

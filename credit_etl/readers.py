@@ -113,7 +113,9 @@ def read_csv_header(path: Path, encoding: str) -> tuple[list[str], str]:
     with path.open("r", encoding=encoding, newline="") as handle:
         first_line = handle.readline()
     if not first_line.strip():
-        raise FileError("the first row is empty; the first row must hold the column names")
+        raise FileError(
+            "the first row is empty; the first row must hold the column names"
+        )
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
     fields = next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
     return [field.lstrip("\ufeff") for field in fields], delimiter
@@ -151,7 +153,9 @@ def map_header(spec: CategorySpec, names: list[str]) -> HeaderMap:
 
 def missing_required(spec: CategorySpec, header: HeaderMap) -> list[str]:
     """Return the standard names of required columns the header lacks."""
-    missing = [spec.column(key).name_zh for key in spec.required if key not in header.by_key]
+    missing = [
+        spec.column(key).name_zh for key in spec.required if key not in header.by_key
+    ]
     if "uscc" not in header.by_key and "id_number" not in header.by_key:
         missing.append("统一社会信用代码 or 证件号码")
     return missing

@@ -95,7 +95,9 @@ def _subject_columns(name_zh: str, aliases: tuple[str, ...] = ()) -> tuple[Colum
         Column("business_reg_number", "工商注册号", TEXT, ("行政相对人代码_2",)),
         Column("org_code", "组织机构代码", TEXT, ("行政相对人代码_3",)),
         Column("tax_reg_number", "税务登记号", TEXT, ("行政相对人代码_4",)),
-        Column("institution_cert_number", "事业单位证书号", TEXT, ("行政相对人代码_6",)),
+        Column(
+            "institution_cert_number", "事业单位证书号", TEXT, ("行政相对人代码_6",)
+        ),
         Column("social_org_reg_number", "社会组织登记证号"),
         Column("legal_representative", "法定代表人", personal=True),
         Column("legal_representative_id_type", "法定代表人证件类型"),
@@ -225,11 +227,7 @@ OTHER = CategorySpec(
         Column("record_id", "记录编号"),
         Column("subject_name", "主体名称", TEXT, ("行政相对人名称",), personal=True),
     )
-    + tuple(
-        c
-        for c in _subject_columns("主体名称")
-        if c.key not in ("subject_name",)
-    )
+    + tuple(c for c in _subject_columns("主体名称") if c.key not in ("subject_name",))
     + (
         Column("info_type", "信息类别"),
         Column("info_date", "信息日期", DATE),

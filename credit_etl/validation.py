@@ -16,7 +16,6 @@ from credit_etl.readers import HeaderMap
 from credit_etl.schema import (
     AMOUNT,
     CODE,
-    COMMITMENT_TYPE,
     COMMITMENT_TYPES,
     DATE,
     CategorySpec,
@@ -74,10 +73,13 @@ def build_checked_sql(
         else:
             select.append(f"{clean(column.key)} AS {column.key}")
     select += [f"c{pos}" for pos in range(width)]
-    non_empty = " OR ".join(
-        f"nullif(regexp_replace(c{pos}, '{_EDGE_SPACE}', '', 'g'), '') IS NOT NULL"
-        for pos in range(width)
-    ) or "FALSE"
+    non_empty = (
+        " OR ".join(
+            f"nullif(regexp_replace(c{pos}, '{_EDGE_SPACE}', '', 'g'), '') IS NOT NULL"
+            for pos in range(width)
+        )
+        or "FALSE"
+    )
 
     rules: list[str] = []
 
@@ -224,7 +226,8 @@ def build_checked_sql(
     record_json = (
         "json_object("
         + ", ".join(
-            f"{params.add(_unique_name(header.names, pos))}, c{pos}" for pos in range(width)
+            f"{params.add(_unique_name(header.names, pos))}, c{pos}"
+            for pos in range(width)
         )
         + ")"
     )
@@ -244,7 +247,9 @@ def build_checked_sql(
             if pos not in known and header.names[pos]
         ]
         typed.append(
-            f"json_object({', '.join(pairs)}) AS extra" if pairs else "NULL::JSON AS extra"
+            f"json_object({', '.join(pairs)}) AS extra"
+            if pairs
+            else "NULL::JSON AS extra"
         )
 
     sql = f"""

@@ -157,7 +157,9 @@ def connection_config(settings: Settings) -> dict[str, str]:
     }
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection, units: list[Unit] | None = None) -> None:
+def ensure_schema(
+    con: duckdb.DuckDBPyConnection, units: list[Unit] | None = None
+) -> None:
     """Create every table that is missing and refresh the units table."""
     con.execute(LEDGER_DDL)
     for table in TABLES:
