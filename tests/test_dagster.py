@@ -1,0 +1,240 @@
+"""The code location: loading, asset graph, materialisation, schedule and sensor."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import openpyxl
+import pytest
+
+from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
+from assets.partitions import partition_key, quarterly_partitions
+from credit_etl.periods import Quarter
+from credit_etl.settings import REPO_ROOT, Settings
+from credit_etl.warehouse import connect
+from sensors.schedules import quarter_due
+
+HEADER = "行政相对人名称,统一社会信用代码,证件号码,行政处罚决定书文号,处罚决定日期\n"
+
+
+def _write_extract(incoming: Path, unit: str, name: str, rows: list[str]) -> Path:
+    folder = incoming / unit
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(HEADER + "".join(row + "\n" for row in rows), encoding="utf-8")
+    old = dt.datetime.now().timestamp() - 120
+    os.utime(path, (old, old))
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "data", settle_seconds=0)
+    settings.ensure_dirs()
+    _write_extract(
+        settings.incoming_dir,
+        "environment",
+        "20181015_penalty.csv",
+        [
+            "新乡市甲公司,91410700736108233M,,新环罚〔2018〕1号,2018-10-08",
+            "新乡市乙公司,91410700736108233M,,新环罚〔2018〕2号,2018-10-01",
+        ],
+    )
+    _write_extract(
+        settings.incoming_dir,
+        "weibin",
+        "20180520_penalty.csv",
+        ["张三,,410702198504128811,卫罚〔2018〕7号,2018-05-18"],
+    )
+    return settings
+
+
+def test_definitions_load_without_deprecation_warnings(settings: Settings) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        definitions = build_definitions(settings)
+        definitions.resolve_all_job_defs()
+        dg.Definitions.validate_loadable(definitions)
+    deprecations = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, DeprecationWarning) and "dagster" in w.filename
+    ]
+    assert deprecations == []
+
+
+def test_asset_graph_groups(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    graph = definitions.resolve_asset_graph()
+    groups = {
+        key.to_user_string(): graph.get(key).group_name
+        for key in graph.get_all_asset_keys()
+    }
+    assert groups == {
+        "landed_extracts": "ingest",
+        "quarter_figures": "figures",
+        "annex1_workbook": "annexes",
+        "annex2_workbook": "annexes",
+        "annex3_workbook": "annexes",
+        "annex4_workbook": "annexes",
+    }
+
+
+def test_report_assets_are_quarterly(settings: Settings) -> None:
+    graph = build_definitions(settings).resolve_asset_graph()
+    for name in ("quarter_figures", "annex1_workbook", "annex4_workbook"):
+        assert graph.get(dg.AssetKey(name)).partitions_def == quarterly_partitions
+
+
+def test_partition_keys_are_quarter_starts() -> None:
+    keys = quarterly_partitions.get_partition_keys(
+        current_time=dt.datetime(2019, 1, 11, tzinfo=dt.UTC)
+    )
+    assert "2018-10-01" in keys
+    assert "2018-11-01" not in keys
+    assert partition_key(Quarter(2018, 4)) == "2018-10-01"
+
+
+def test_partition_window_in_shanghai_time() -> None:
+    window = quarterly_partitions.time_window_for_partition_key("2018-10-01")
+    assert str(window.start.tzinfo) == "Asia/Shanghai"
+    assert window.start.date() == dt.date(2018, 10, 1)
+    assert window.end.date() == dt.date(2019, 1, 1)
+
+
+def test_jobs_materialise_a_quarter(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    with dg.DagsterInstance.ephemeral() as instance:
+        ingest = definitions.resolve_job_def(INGEST_JOB).execute_in_process(
+            instance=instance
+        )
+        assert ingest.success
+        report = definitions.resolve_job_def(REPORT_JOB).execute_in_process(
+            instance=instance, partition_key="2018-10-01"
+        )
+        assert report.success
+        figures = instance.get_latest_materialization_event(
+            dg.AssetKey("quarter_figures")
+        )
+        metadata = figures.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == 85
+        assert metadata["quarter"].value == "2018Q4"
+        landed = instance.get_latest_materialization_event(
+            dg.AssetKey("landed_extracts")
+        ).asset_materialization.metadata
+        assert landed["dagster/row_count"].value == 3
+        assert "4107021985" not in landed["preview"].value
+
+    path = settings.exports_dir / "2018Q4" / "annex3.xlsx"
+    sheet = openpyxl.load_workbook(path).active
+    rows = {row[1]: row for row in sheet.iter_rows(values_only=True) if row[1]}
+    assert rows["市环保局"][2] == 2
+    assert rows["市环保局"][6] == 2
+    assert rows["合计"][2] == 2
+
+
+def test_rematerialising_changes_no_figure(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    job = definitions.resolve_job_def(REPORT_JOB)
+    with dg.DagsterInstance.ephemeral() as instance:
+        definitions.resolve_job_def(INGEST_JOB).execute_in_process(instance=instance)
+        job.execute_in_process(instance=instance, partition_key="2018-10-01")
+        con = connect(settings)
+        first = con.execute(
+            "SELECT * EXCLUDE (computed_at) FROM unit_figures ORDER BY unit_id"
+        ).fetchall()
+        con.close()
+        job.execute_in_process(instance=instance, partition_key="2018-10-01")
+    con = connect(settings)
+    second = con.execute(
+        "SELECT * EXCLUDE (computed_at) FROM unit_figures ORDER BY unit_id"
+    ).fetchall()
+    con.close()
+    assert first == second
+
+
+def test_second_quarter_figures_use_its_window(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    with dg.DagsterInstance.ephemeral() as instance:
+        definitions.resolve_job_def(INGEST_JOB).execute_in_process(instance=instance)
+        definitions.resolve_job_def(REPORT_JOB).execute_in_process(
+            instance=instance, partition_key="2018-04-01"
+        )
+    con = connect(settings)
+    row = con.execute(
+        """SELECT quarter_increment, total_stock, cutoff FROM unit_figures
+           WHERE period = '2018Q2' AND unit_id = 'weibin'"""
+    ).fetchone()
+    con.close()
+    assert row == (1, 1, dt.date(2018, 7, 10))
+
+
+@pytest.mark.parametrize(
+    ("run_date", "quarter"),
+    [
+        (dt.date(2019, 1, 11), "2018Q4"),
+        (dt.date(2019, 4, 11), "2019Q1"),
+        (dt.date(2019, 7, 11), "2019Q2"),
+        (dt.date(2019, 10, 11), "2019Q3"),
+        (dt.date(2020, 1, 11), "2019Q4"),
+    ],
+)
+def test_schedule_reports_previous_quarter(run_date: dt.date, quarter: str) -> None:
+    assert quarter_due(run_date).label == quarter
+
+
+def test_schedule_runs_day_after_deadline(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    schedule = definitions.resolve_schedule_def("quarterly_report_schedule")
+    assert schedule.cron_schedule == "0 2 11 1,4,7,10 *"
+    assert schedule.execution_timezone == "Asia/Shanghai"
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2019, 1, 11, 2, 0),
+        repository_def=definitions.get_repository_def(),
+    )
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.partition_key == "2018-10-01"
+
+
+def test_sensor_requests_once_per_new_file(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    with dg.DagsterInstance.ephemeral() as instance:
+        repository = definitions.get_repository_def()
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=repository)
+        )
+        assert len(first.run_requests) == 1
+        second = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=first.cursor, repository_def=repository
+            )
+        )
+        assert second.run_requests == []
+
+
+def test_workspace_loads_with_dagster_cli(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "CREDIT_ETL_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
