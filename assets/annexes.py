@@ -14,6 +14,7 @@ from credit_etl.annexes import (
     render_workbook,
     save_atomically,
 )
+from credit_etl.feedback import write_feedback
 from credit_etl.masking import markdown_preview
 
 
@@ -69,5 +70,42 @@ def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
     return _asset
 
 
+@dg.asset(
+    group_name="annexes",
+    kinds={"excel"},
+    partitions_def=quarterly_partitions,
+    deps=[quarter_figures],
+    description=(
+        "One feedback workbook per unit, exports/<quarter>/feedback/<unit_id>.xlsx: "
+        "its files and counts, rejected rows with reasons, late double-publicity "
+        "records and its figures; personal data masked."
+    ),
+)
+def feedback_workbooks(
+    context: dg.AssetExecutionContext,
+    credit_settings: CreditEtlSettings,
+    warehouse: DuckDBResource,
+) -> dg.MaterializeResult:
+    settings = credit_settings.load()
+    quarter = quarter_of(context)
+    with open_warehouse(warehouse) as con:
+        paths = write_feedback(con, settings, quarter)
+        rejects = con.execute(
+            """SELECT r.unit_id, count(*) AS rejected_rows FROM rejects r
+               JOIN ledger l USING (file_id)
+               WHERE l.received_date BETWEEN ? AND ?
+               GROUP BY r.unit_id ORDER BY rejected_rows DESC""",
+            [quarter.start, quarter.end],
+        ).df()
+    context.log.info(f"wrote {len(paths)} feedback workbooks for {quarter.label}")
+    return dg.MaterializeResult(
+        metadata={
+            "folder": dg.MetadataValue.path(str(paths[0].parent) if paths else ""),
+            "dagster/row_count": dg.MetadataValue.int(len(paths)),
+            "units_with_rejects": dg.MetadataValue.md(markdown_preview(rejects)),
+        }
+    )
+
+
 def annex_assets() -> list[dg.AssetsDefinition]:
-    return [_annex_asset(annex) for annex in ANNEXES]
+    return [*(_annex_asset(annex) for annex in ANNEXES), feedback_workbooks]

@@ -74,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
 
     command("ingest", _ingest, "Ingest every new settled file in incoming/.")
 
+    feedback = command(
+        "feedback",
+        _feedback,
+        "Write each unit's feedback workbook for a quarter: files, rejected rows "
+        "with reasons, late double-publicity records and figures.",
+    )
+    feedback.add_argument("--quarter", required=True, help="quarter, e.g. 2018Q4")
+    feedback.add_argument("--units", nargs="*", help="unit ids (default: all units)")
+
     files = command("files", _files, "List the file ledger.")
     files.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -224,6 +233,28 @@ def _ingest(args, settings: Settings) -> int:
     for problem in report.problems:
         print(f"not read  incoming/{problem.rel_path}: {problem.problem}")
     print(json.dumps(report.summary()))
+    return 0
+
+
+def _feedback(args, settings: Settings) -> int:
+    from credit_etl.feedback import write_feedback
+    from credit_etl.figures import compute_figures
+    from credit_etl.warehouse import connect
+
+    quarter = Quarter.parse(args.quarter)
+    con = connect(settings)
+    try:
+        exists = con.execute(
+            "SELECT count(*) FROM unit_figures WHERE period = ?", [quarter.label]
+        ).fetchone()[0]
+        if not exists:
+            compute_figures(con, settings, quarter)
+        paths = write_feedback(con, settings, quarter, args.units)
+    finally:
+        con.close()
+    print(
+        f"{len(paths)} feedback workbooks in {settings.exports_dir / quarter.label / 'feedback'}"
+    )
     return 0
 
 

@@ -81,6 +81,7 @@ def test_asset_graph_groups(settings: Settings) -> None:
         "annex2_workbook": "annexes",
         "annex3_workbook": "annexes",
         "annex4_workbook": "annexes",
+        "feedback_workbooks": "annexes",
     }
 
 
