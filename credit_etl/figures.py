@@ -3,14 +3,15 @@
 Definitions (all counts over landed records received on or before the cut-off date):
 
 - stock: every record except commitments; quarter increment: received inside the
-  quarter; year stock: received inside the calendar year of the quarter.
+  quarter; year stock: received from 1 January to the end of the quarter (year to
+  date; for a fourth-quarter report, the calendar year).
 - double publicity (dp): licences and penalties. A record is timely when it was
   received at most N days after its decision date (N = 7 by default; calendar days
   unless working days are configured). Timeliness is timely / received in the period,
   NULL when nothing was received, kept at full precision.
 - red/black lists: red_list plus black_list records received in the period.
-- annex 2: licences and penalties received in each quarter of the year, the year's
-  sum and the stock at the cut-off date.
+- annex 2: licences and penalties received in each quarter of the year up to the
+  reported one, their sum and the stock at the cut-off date.
 - annex 4: commitments by type received on or before the cut-off date; the other
   national types (容缺受理型, 证明事项型, 其他) count together.
 - totals are computed from records, never from unit rows: rates are pooled.
@@ -101,18 +102,24 @@ def _rates() -> str:
 
 
 def period_params(quarter: Quarter, cutoff: dt.date) -> dict[str, object]:
+    """Return the date windows of a report.
+
+    The year runs from 1 January to the end of the reported quarter (year to date), so
+    records received after the quarter, even before the cut-off date, count only in
+    the stock. Quarters after the reported one get empty windows.
+    """
     params: dict[str, object] = {
         "period": quarter.label,
         "cutoff": cutoff,
         "q_start": quarter.start,
         "q_end": quarter.end,
         "y_start": quarter.year_start,
-        "y_end": quarter.year_end,
+        "y_end": quarter.end,
     }
     for q in range(1, 5):
         part = Quarter(quarter.year, q)
         params[f"q{q}_start"] = part.start
-        params[f"q{q}_end"] = part.end
+        params[f"q{q}_end"] = min(part.end, quarter.end)
     return params
 
 
