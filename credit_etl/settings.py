@@ -76,6 +76,30 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return DEFAULT_DATA_DIR
 
 
+def _limits_from_env(env: os._Environ[str] | dict[str, str]) -> Limits:
+    defaults = Limits()
+    values = {}
+    for name in (
+        "max_file_bytes",
+        "max_xlsx_cells",
+        "max_xlsx_uncompressed_bytes",
+        "max_field_chars",
+    ):
+        variable = f"CREDIT_ETL_{name.upper()}"
+        text = env.get(variable)
+        if not text:
+            values[name] = getattr(defaults, name)
+            continue
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise ValueError(
+                f"{variable}={text!r} is not a whole number; set it to a count, "
+                "for example 4000"
+            ) from None
+    return Limits(**values)
+
+
 def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     """Build settings for a data directory, reading overrides from the environment."""
     env = os.environ
@@ -88,4 +112,5 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
         settle_seconds=float(env.get("CREDIT_ETL_SETTLE_SECONDS", "5")),
         duckdb_memory_limit=env.get("CREDIT_ETL_DUCKDB_MEMORY_LIMIT", "1GB"),
         duckdb_threads=int(env.get("CREDIT_ETL_DUCKDB_THREADS", "2")),
+        limits=_limits_from_env(env),
     )
