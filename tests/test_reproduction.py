@@ -12,7 +12,6 @@ import json
 import os
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import openpyxl
 import pytest
