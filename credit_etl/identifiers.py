@@ -7,6 +7,7 @@ with the SQL macros built by ``sql_macros``, which implement the same rules.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import unicodedata
 
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
@@ -22,10 +23,16 @@ FULLWIDTH = "".join(chr(c) for c in range(0xFF01, 0xFF5F))
 HALFWIDTH = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
+# White space removed by folding, the same set as the SQL macro ce_fold removes.
+_SPACE = re.compile(
+    r"[\s\u00a0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff]"
+)
+
+
 def fold(value: str) -> str:
     """Fold an identifier: NFKC, every white space removed, letters upper-cased."""
     text = unicodedata.normalize("NFKC", value)
-    return "".join(text.split()).upper()
+    return _SPACE.sub("", text).upper()
 
 
 def uscc_check_char(body17: str) -> str:
@@ -79,6 +86,8 @@ def id_problem(number: str) -> str | None:
 
 def _birth_problem(yyyymmdd: str) -> str | None:
     try:
+        if int(yyyymmdd[:4]) < 1800:
+            raise ValueError("no resident ID was issued for a birth before 1800")
         dt.date(int(yyyymmdd[:4]), int(yyyymmdd[4:6]), int(yyyymmdd[6:8]))
     except ValueError:
         return (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from credit_etl.readers import (
     HeaderMap,
     check_xlsx_container,
     fingerprint,
+    has_interior_blank_line,
     map_header,
     missing_required,
     read_csv_header,
@@ -108,8 +110,14 @@ def ingest_incoming(
 
 
 def _record_name_problem(con: duckdb.DuckDBPyConnection, problem: NameProblem) -> None:
+    # Only regular files are hashed: a symbolic link or a FIFO is never opened,
+    # since reading one could block or read outside incoming/.
     try:
-        sha = fingerprint(problem.path, sniff_encoding=False).sha256
+        info = problem.path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            sha = fingerprint(problem.path, sniff_encoding=False).sha256
+        else:
+            sha = f"not a regular file, size {info.st_size}, mtime {int(info.st_mtime)}"
     except OSError as error:
         sha = f"unreadable: {error.strerror}"
     seen = con.execute(
@@ -236,17 +244,16 @@ def ingest_file(
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
-    names = con.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE temporary "
-        "AND (table_name LIKE 'stage_%' OR table_name LIKE 'checked_%' "
-        "OR table_name LIKE 'winners%' OR table_name LIKE 'matched%')"
+    """Drop the staging tables and views of the file just handled."""
+    rows = con.execute(
+        """SELECT 'TABLE', table_name FROM duckdb_tables()
+           WHERE temporary AND regexp_matches(table_name, '^(stage|checked|matched)_')
+           UNION ALL
+           SELECT 'VIEW', view_name FROM duckdb_views()
+           WHERE temporary AND regexp_matches(view_name, '^stage_')"""
     ).fetchall()
-    for (name,) in names:
-        con.execute(f"DROP TABLE IF EXISTS temp.{name}")
-    for (name,) in con.execute(
-        "SELECT view_name FROM duckdb_views() WHERE temporary AND view_name LIKE 'stage_%'"
-    ).fetchall():
-        con.execute(f"DROP VIEW IF EXISTS temp.{name}")
+    for kind, name in sorted(rows, key=lambda row: row[0] == "TABLE"):
+        con.execute(f"DROP {kind} IF EXISTS temp.{name}")
 
 
 def _write_ledger(
@@ -361,6 +368,13 @@ def _stage_csv(
     header = map_header(spec, names)
     _check_header(spec, header, result)
     width = len(names)
+    if has_interior_blank_line(source):
+        log.info(
+            "incoming/%s has empty lines between records; reading row by row to keep "
+            "row numbers",
+            delivery.rel_path,
+        )
+        return _stage_csv_exact(con, source, delimiter, header), header
     columns = "{" + ", ".join(f"'c{pos}': 'VARCHAR'" for pos in range(width)) + "}"
     try:
         con.execute(
@@ -517,16 +531,19 @@ def _validate_and_upsert(
         "unit_id": delivery.unit_id,
         "category": delivery.category,
     }
-    rows_read = con.execute(f"SELECT count(*) FROM {checked}").fetchone()[0]
-    con.execute(
-        f"""INSERT INTO rejects SELECT $file_id, $path, $unit_id, $category, sheet,
-               row_no, reject.col, reject.val, reject.why, record
-           FROM {checked} WHERE reject IS NOT NULL""",
-        meta,
-    )
-    rejected = con.execute(
-        f"SELECT count(*) FROM {checked} WHERE reject IS NOT NULL"
-    ).fetchone()[0]
+    rows_read, rejected, unique = con.execute(
+        f"""SELECT count(*), count(*) FILTER (WHERE reject IS NOT NULL),
+                   count(DISTINCT key_hash) FILTER (WHERE reject IS NULL)
+            FROM {checked}"""
+    ).fetchone()
+    if rejected:
+        con.execute(
+            f"""INSERT INTO rejects SELECT $file_id, $path, $unit_id, $category,
+                   sheet, row_no, reject.col, reject.val, reject.why,
+                   {query.record_sql}
+               FROM {checked} WHERE reject IS NOT NULL""",
+            {**meta, **query.record_params},
+        )
     con.execute(
         f"""INSERT INTO row_flags SELECT $file_id, $path, $unit_id, sheet, row_no,
                f.col, f.flag
@@ -535,32 +552,46 @@ def _validate_and_upsert(
         {k: meta[k] for k in ("file_id", "path", "unit_id")},
     )
 
-    # The last row of a key within the file wins, as a later delivery would.
-    winners = f"winners_{checked}"
-    con.execute(
-        f"""CREATE TEMP TABLE {winners} AS SELECT * FROM {checked}
-            WHERE reject IS NULL
-            QUALIFY row_number() OVER (PARTITION BY key_hash ORDER BY row_no DESC) = 1"""
-    )
     valid = rows_read - rejected
-    unique = con.execute(f"SELECT count(*) FROM {winners}").fetchone()[0]
+    # The last row of a key within the file wins, as a later delivery would.
+    winners = f"""(SELECT * FROM {checked} WHERE reject IS NULL
+        QUALIFY row_number() OVER (PARTITION BY key_hash ORDER BY row_no DESC) = 1)"""
 
     table = spec.table
     matched = f"matched_{checked}"
+    scope = {
+        "unit_id": delivery.unit_id,
+        "category": delivery.category,
+        "received": delivery.received_date,
+    }
     con.execute(
         f"""CREATE TEMP TABLE {matched} AS
-            SELECT r.key_hash, min(r.received_date) AS first_received
-            FROM {table} r SEMI JOIN {winners} w ON r.key_hash = w.key_hash
+            SELECT r.key_hash, min(r.received_date) AS first_received,
+                   max(r.fields_received_date) AS fields_received
+            FROM {table} r
+            SEMI JOIN (SELECT key_hash FROM {checked} WHERE reject IS NULL) w
+                ON r.key_hash = w.key_hash
             WHERE r.unit_id = $unit_id AND r.category = $category
             GROUP BY r.key_hash""",
         {"unit_id": delivery.unit_id, "category": delivery.category},
     )
     repeated_keys = con.execute(f"SELECT count(*) FROM {matched}").fetchone()[0]
     if repeated_keys:
+        # Fields delivered with a later received date win, whatever the order in
+        # which files land; an older file only moves the first received date back.
+        con.execute(
+            f"""UPDATE {table} SET received_date = $received
+                WHERE unit_id = $unit_id AND category = $category
+                  AND received_date > $received
+                  AND key_hash IN (SELECT key_hash FROM {matched}
+                                   WHERE fields_received > $received)""",
+            scope,
+        )
         con.execute(
             f"""DELETE FROM {table} WHERE unit_id = $unit_id AND category = $category
-                AND key_hash IN (SELECT key_hash FROM {matched})""",
-            {"unit_id": delivery.unit_id, "category": delivery.category},
+                AND key_hash IN (SELECT key_hash FROM {matched}
+                                 WHERE fields_received <= $received)""",
+            scope,
         )
 
     stored = storage_columns(table)
@@ -569,23 +600,26 @@ def _validate_and_upsert(
         (column.key if column.key in delivered_keys else "NULL") for column in stored
     ]
     typed_names, typed_values = _typed_columns(spec)
+    # An invalid identifier beside a valid one is not stored; its flag keeps it.
+    invalid_ok = {
+        "uscc": "CASE WHEN w.uscc_problem IS NULL THEN w.uscc END",
+        "id_number": "CASE WHEN w.id_problem IS NULL THEN w.id_number END",
+    }
+    stored_values = [invalid_ok.get(v, f"w.{v}") if v != "NULL" else v for v in values]
     con.execute(
-        f"""INSERT INTO {table} (unit_id, category, key_hash, received_date, file_id,
-                sheet, row_no, flags, {", ".join(typed_names + [c.key for c in stored])})
+        f"""INSERT INTO {table} (unit_id, category, key_hash, received_date,
+                fields_received_date, file_id, sheet, row_no, flags,
+                {", ".join(typed_names + [c.key for c in stored])})
             SELECT $unit_id, $category, w.key_hash,
                    least(coalesce(m.first_received, $received), $received),
-                   $file_id, w.sheet, w.row_no,
-                   CASE WHEN len(w.flag_list) > 0 THEN
-                       array_to_string(list_transform(w.flag_list, lambda f: f.flag), '; ')
+                   $received, $file_id, w.sheet, w.row_no,
+                   CASE WHEN len(w.flag_list) > 0 THEN array_to_string(
+                       list_transform(w.flag_list, lambda f: f.flag), '; ')
                    END,
-                   {", ".join(typed_values + [f"w.{v}" if v != "NULL" else v for v in values])}
-            FROM {winners} w LEFT JOIN {matched} m ON m.key_hash = w.key_hash""",
-        {
-            "unit_id": delivery.unit_id,
-            "category": delivery.category,
-            "received": delivery.received_date,
-            "file_id": result.file_id,
-        },
+                   {", ".join(typed_values + stored_values)}
+            FROM {winners} w LEFT JOIN {matched} m ON m.key_hash = w.key_hash
+            WHERE m.key_hash IS NULL OR m.fields_received <= $received""",
+        {**scope, "file_id": result.file_id},
     )
     return {
         "read": rows_read,

@@ -30,6 +30,11 @@ BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
 HEADER_SEARCH_ROWS = 30
+# Text columns that identify a record: a long number in them has lost digits too,
+# and two different records would merge under one key.
+KEY_TEXT = frozenset(
+    {"record_id", "decision_number", "commitment_code", "license_number"}
+)
 
 
 class FileError(ValueError):
@@ -106,6 +111,36 @@ def transcode_to_utf8(source: Path, encoding: str, target: Path) -> None:
                 "during upload, send it again"
             ) from None
         writer.write(tail.encode("utf-8"))
+
+
+def has_interior_blank_line(path: Path) -> bool:
+    """Return True when an empty line comes before the last line with content.
+
+    DuckDB's CSV reader skips empty lines, which would shift the row numbers of
+    every later record; trailing empty lines shift nothing.
+    """
+    first_blank: int | None = None
+    last_content = -1
+    offset = 0
+    tail = b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            window = tail + chunk
+            base = offset - len(tail)
+            if first_blank is None:
+                hits = [
+                    found
+                    for found in (window.find(b"\n\n"), window.find(b"\n\r\n"))
+                    if found >= 0
+                ]
+                if hits:
+                    first_blank = base + min(hits)
+            stripped = chunk.rstrip(b"\r\n")
+            if stripped:
+                last_content = offset + len(stripped) - 1
+            offset += len(chunk)
+            tail = window[-2:]
+    return first_blank is not None and first_blank < last_content
 
 
 def read_csv_header(path: Path, encoding: str) -> tuple[list[str], str]:
@@ -347,7 +382,7 @@ def cell_to_text(value, column: Column | None) -> tuple[str | None, str | None]:
         if math.isnan(number) or math.isinf(number):
             return str(value), None
         shown = f"{number:.15G}"
-        if column is not None and column.kind == CODE:
+        if column is not None and (column.kind == CODE or column.key in KEY_TEXT):
             if not number.is_integer():
                 return shown, (
                     f"{column.name_zh} is stored as the number {shown}, not as a code; "

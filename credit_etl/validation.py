@@ -18,26 +18,30 @@ from credit_etl.schema import (
     CODE,
     COMMITMENT_TYPES,
     DATE,
+    TEXT,
     CategorySpec,
 )
-
-_EDGE_SPACE = r"^[\s\x{00A0}\x{3000}\x{FEFF}]+|[\s\x{00A0}\x{3000}\x{FEFF}]+$"
+from credit_etl.sqlmacros import SPACE_CLASS
 
 
 @dataclass
 class CheckedQuery:
     sql: str
     params: dict[str, object]
+    # JSON object of every delivered field by header name, for the rejects table.
+    record_sql: str
+    record_params: dict[str, object]
 
 
 class _Params:
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
         self.values: dict[str, object] = {}
 
     def add(self, value: object) -> str:
         name = f"p{len(self.values)}"
         self.values[name] = value
-        return f"${name}"
+        return f"${self.prefix}{name}"
 
 
 def _quote(text: str) -> str:
@@ -61,10 +65,21 @@ def build_checked_sql(
     def delivered(key: str) -> str:
         return params.add(header.delivered_name(spec, key))
 
+    edge = f"'^{SPACE_CLASS}+|{SPACE_CLASS}+$'"
+    # Columns that rules or keys read are trimmed; the rest are stored as delivered.
+    checked_keys = {
+        *spec.required,
+        *spec.key_columns,
+        *([spec.preferred_key] if spec.preferred_key else []),
+        *(c.key for c in spec.columns if c.kind != TEXT),
+    }
+
     def clean(key: str) -> str:
         if key not in raw:
             return "CAST(NULL AS VARCHAR)"
-        return f"nullif(regexp_replace({raw[key]}, '{_EDGE_SPACE}', '', 'g'), '')"
+        if key not in checked_keys:
+            return raw[key]
+        return f"nullif(regexp_replace({raw[key]}, {edge}, '', 'g'), '')"
 
     select: list[str] = ["row_no", "sheet", "issue_column", "issue"]
     for column in spec.columns:
@@ -73,12 +88,18 @@ def build_checked_sql(
         else:
             select.append(f"{clean(column.key)} AS {column.key}")
     select += [f"c{pos}" for pos in range(width)]
+    everything = ", ".join(f"c{pos}" for pos in range(width)) or "NULL"
+    # A row counts when any cell has a character other than white space; the
+    # regular expression runs only on short rows, since long ones have text.
     non_empty = (
-        " OR ".join(
-            f"nullif(regexp_replace(c{pos}, '{_EDGE_SPACE}', '', 'g'), '') IS NOT NULL"
-            for pos in range(width)
-        )
-        or "FALSE"
+        f"CASE WHEN coalesce({everything}) IS NULL THEN FALSE "
+        f"WHEN length(concat_ws('', {everything})) > 64 THEN TRUE "
+        f"ELSE regexp_matches(concat_ws('', {everything}), '[^{SPACE_CLASS[1:-1]}]') END"
+    )
+    dated = ", ".join(
+        f"ce_date({column.key}) AS {column.key}__d"
+        for column in spec.columns
+        if column.kind == DATE
     )
 
     rules: list[str] = []
@@ -91,9 +112,13 @@ def build_checked_sql(
         )
 
     # 1. A cell the reader could not turn into text (a code stored as a number).
+    # An identifier the reader could not use counts as an invalid identifier below,
+    # so a valid second identifier still lets the row land.
+    uscc_name, id_name = delivered("uscc"), delivered("id_number")
     rules.append(
-        "WHEN issue IS NOT NULL THEN struct_pack(col := issue_column, "
-        "val := NULL, why := issue)"
+        f"WHEN issue IS NOT NULL AND issue_column IS DISTINCT FROM {uscc_name} "
+        f"AND issue_column IS DISTINCT FROM {id_name} THEN "
+        "struct_pack(col := issue_column, val := NULL, why := issue)"
     )
     # 2. Field length.
     for pos in range(width):
@@ -115,14 +140,12 @@ def build_checked_sql(
             f"{name} || ' is empty; it is required, fill it in'",
         )
     # 4. Subject identifier.
-    uscc_name, id_name = delivered("uscc"), delivered("id_number")
-    rule(
-        "uscc IS NULL AND id_number IS NULL",
-        None,
-        "NULL",
-        f"'no subject identifier: ' || {uscc_name} || ' and ' || {id_name} || "
+    rules.append(
+        "WHEN uscc IS NULL AND id_number IS NULL THEN struct_pack("
+        f"col := {uscc_name} || ' / ' || {id_name}, val := NULL, "
+        f"why := 'no subject identifier: ' || {uscc_name} || ' and ' || {id_name} || "
         "' are both empty; give the unified social credit code of an organisation "
-        "or the ID number of a person'",
+        "or the ID number of a person')"
     )
     rules.append(
         "WHEN NOT subject_ok THEN CASE WHEN uscc IS NOT NULL THEN "
@@ -137,26 +160,26 @@ def build_checked_sql(
             continue
         name = delivered(column.key)
         rule(
-            f"{column.key} IS NOT NULL AND ce_date({column.key}) IS NULL",
+            f"{column.key} IS NOT NULL AND {column.key}__d IS NULL",
             column.key,
             column.key,
-            f"ce_date_problem({column.key})",
+            f"ce_date_problem_given({column.key}, {column.key}__d)",
         )
         if column.key == spec.event_date:
             rule(
-                f"ce_date({column.key}) > {received}",
+                f"{column.key}__d > {received}",
                 column.key,
                 column.key,
-                f"strftime(ce_date({column.key}), '%Y-%m-%d') || ' is after the "
+                f"strftime({column.key}__d, '%Y-%m-%d') || ' is after the "
                 f"received date ' || strftime({received}, '%Y-%m-%d') || '; a ' || "
                 f"{name} || ' cannot be later than the day the file was received, "
                 "check the date'",
             )
             rule(
-                f"ce_date({column.key}) < DATE '1949-10-01'",
+                f"{column.key}__d < DATE '1949-10-01'",
                 column.key,
                 column.key,
-                f"strftime(ce_date({column.key}), '%Y-%m-%d') || ' is before "
+                f"strftime({column.key}__d, '%Y-%m-%d') || ' is before "
                 "1949-10-01; check the year'",
             )
     # 6. Amounts.
@@ -212,21 +235,22 @@ def build_checked_sql(
         "license": f"decision_number || '|' || {subject_key}",
         "penalty": f"decision_number || '|' || {subject_key}",
         "red_list": f"{subject_key} || '|' || coalesce(list_name, '') || '|' || "
-        "strftime(ce_date(listed_date), '%Y-%m-%d')",
+        "strftime(listed_date__d, '%Y-%m-%d')",
         "black_list": f"{subject_key} || '|' || coalesce(list_name, '') || '|' || "
-        "strftime(ce_date(listed_date), '%Y-%m-%d')",
+        "strftime(listed_date__d, '%Y-%m-%d')",
         "commitment": "coalesce('C:' || commitment_code, "
         f"{subject_key} || '|' || ({type_case or 'commitment_type'}) || '|' || "
-        "strftime(ce_date(commitment_date), '%Y-%m-%d'))",
+        "strftime(commitment_date__d, '%Y-%m-%d'))",
         "other": "coalesce('R:' || record_id, 'W:' || concat_ws('|', "
         + ", ".join(f"coalesce(c{pos}, '')" for pos in range(width))
         + "))",
     }[spec.category]
 
-    record_json = (
+    record_params = _Params(prefix="r")
+    record_sql = (
         "json_object("
         + ", ".join(
-            f"{params.add(_unique_name(header.names, pos))}, c{pos}"
+            f"{record_params.add(_unique_name(header.names, pos))}, c{pos}"
             for pos in range(width)
         )
         + ")"
@@ -234,7 +258,7 @@ def build_checked_sql(
 
     typed: list[str] = []
     if spec.event_date:
-        typed.append(f"ce_date({spec.event_date}) AS {spec.event_date}_value")
+        typed.append(f"{spec.event_date}__d AS {spec.event_date}_value")
     if spec.category == "commitment":
         typed.append(f"({type_case}) AS commitment_type_value")
     if spec.category == "penalty":
@@ -256,11 +280,25 @@ def build_checked_sql(
 CREATE TEMP TABLE {target} AS
 WITH src AS (
     SELECT {", ".join(select)} FROM {stage} WHERE {non_empty}
+), dated AS (
+    SELECT *{", " + dated if dated else ""} FROM src
+), checks AS (
+    SELECT *,
+        CASE WHEN regexp_full_match(uscc, '[0-9A-HJ-NP-RTUWXY]{{18}}')
+             THEN ce_uscc_check(uscc) END AS uscc_expected,
+        CASE WHEN regexp_full_match(id_number, '\\d{{17}}[\\dX]')
+             THEN ce_id_check(id_number) END AS id_expected
+    FROM dated
 ), probed AS (
     SELECT *,
-        CASE WHEN uscc IS NOT NULL THEN ce_uscc_problem(uscc) END AS uscc_problem,
-        CASE WHEN id_number IS NOT NULL THEN ce_id_problem(id_number) END AS id_problem
-    FROM src
+        CASE WHEN issue IS NOT NULL AND issue_column = {uscc_name} THEN issue
+             WHEN uscc IS NOT NULL THEN ce_uscc_problem_given(uscc, uscc_expected)
+        END AS uscc_problem,
+        CASE WHEN issue IS NOT NULL AND issue_column = {id_name} THEN issue
+             WHEN id_number IS NOT NULL
+             THEN ce_id_problem_given(id_number, id_expected)
+        END AS id_problem
+    FROM checks
 ), judged AS (
     SELECT *,
         coalesce((uscc IS NOT NULL AND uscc_problem IS NULL)
@@ -271,13 +309,15 @@ SELECT *,
     CASE {" ".join(rules)} END AS reject,
     list_filter([{", ".join(flags)}], lambda f: f IS NOT NULL) AS flag_list,
     md5_number({params.add(spec.category)} || '|' || ({key_parts})) AS key_hash,
-    {record_json} AS record,
     {", ".join(typed) if typed else "NULL AS no_typed"}
 FROM judged
 """
     used = set(re.findall(r"\$(p\d+)\b", sql))
     return CheckedQuery(
-        sql=sql, params={k: v for k, v in params.values.items() if k in used}
+        sql=sql,
+        params={k: v for k, v in params.values.items() if k in used},
+        record_sql=record_sql,
+        record_params={f"r{k}": v for k, v in record_params.values.items()},
     )
 
 

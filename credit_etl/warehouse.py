@@ -19,6 +19,7 @@ RECORD_META = """
     category VARCHAR NOT NULL,
     key_hash UHUGEINT NOT NULL,
     received_date DATE NOT NULL,
+    fields_received_date DATE NOT NULL,
     file_id BIGINT NOT NULL,
     sheet VARCHAR,
     row_no INTEGER NOT NULL,
