@@ -609,7 +609,8 @@ def derive_targets(
     )
     inconsistent = [cell for ledger in ordered for cell in ledger.cells()]
     logger.info(
-        "derived record counts for %d units; %d printed cells are inconsistent",
+        "derived record counts for %d units; %d printed bulletin cells contradict "
+        "other cells and are listed in demo/inconsistent_cells.csv",
         len(atoms),
         len(inconsistent),
     )

@@ -33,12 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    settings = load_settings(args.data_dir)
+    # Dagster's storage migrations log every step at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        settings = load_settings(args.data_dir)
         return args.handler(args, settings)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, FileExistsError) as error:
         print(f"credit-etl: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of the output (for example `head`) closed the pipe.
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,9 +209,48 @@ def _process_alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- handlers
 
 
+def _parse_cutoff(text: str | None, quarter: Quarter) -> dt.date | None:
+    if not text:
+        return None
+    try:
+        cutoff = dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid cut-off date {text!r}: write it as YYYY-MM-DD, e.g. 2019-01-10"
+        ) from None
+    if cutoff < quarter.end:
+        raise ValueError(
+            f"cut-off date {cutoff} is before the end of {quarter.label} "
+            f"({quarter.end}); give a date on or after the quarter's last day"
+        )
+    return cutoff
+
+
+def _require_data_dir(settings: Settings) -> None:
+    """Reject a data directory that does not exist, which is usually a typing error."""
+    if not settings.data_dir.is_dir():
+        raise ValueError(
+            f"data directory {settings.data_dir} does not exist; check --data-dir or "
+            f"${DATA_DIR_ENV}, or create it with an incoming/<unit_id>/ folder per unit "
+            "(`credit-etl demo` creates one with demo data)"
+        )
+
+
+def _warn_if_no_deliveries(settings: Settings) -> None:
+    incoming = settings.incoming_dir
+    if not incoming.is_dir() or not any(incoming.iterdir()):
+        log.warning(
+            "%s holds no files; every figure will be zero. Units deliver into "
+            "incoming/<unit_id>/<YYYYMMDD>_<category>.csv|xlsx",
+            incoming,
+        )
+
+
 def _run(args, settings: Settings) -> int:
     quarter = Quarter.parse(args.quarter)
-    cutoff = dt.date.fromisoformat(args.cutoff) if args.cutoff else None
+    cutoff = _parse_cutoff(args.cutoff, quarter)
+    _require_data_dir(settings)
+    _warn_if_no_deliveries(settings)
     started = time.monotonic()
     paths = run_quarter(settings, quarter, cutoff)
     print(f"{quarter.label}: annexes written in {time.monotonic() - started:.1f} s:")
@@ -218,6 +263,8 @@ def _ingest(args, settings: Settings) -> int:
     from credit_etl.ingest import ingest_incoming
     from credit_etl.warehouse import connect
 
+    _require_data_dir(settings)
+    _warn_if_no_deliveries(settings)
     con = connect(settings)
     try:
         report = ingest_incoming(con, settings)
@@ -232,6 +279,8 @@ def _ingest(args, settings: Settings) -> int:
         )
     for problem in report.problems:
         print(f"not read  incoming/{problem.rel_path}: {problem.problem}")
+    for skipped in report.skipped:
+        print(f"waiting   incoming/{skipped} (read once it settles)")
     print(json.dumps(report.summary()))
     return 0
 
@@ -294,6 +343,8 @@ def _files(args, settings: Settings) -> int:
         ).fetchall()
     finally:
         con.close()
+    if not rows and not args.json:
+        print("the ledger is empty: no file has been ingested yet")
     for row in rows:
         record = dict(zip(LEDGER_FIELDS, row, strict=True))
         record["received_date"] = (
@@ -352,8 +403,10 @@ def _ui(args, settings: Settings) -> int:
     from credit_etl.settings import REPO_ROOT
 
     prepare_dagster_home(settings)
+    # The dagster program sits beside this interpreter, which need not be on PATH.
+    beside = Path(sys.executable).parent / "dagster"
     command = [
-        "dagster",
+        str(beside) if beside.exists() else "dagster",
         "dev",
         "-w",
         str(REPO_ROOT / "workspace.yaml"),

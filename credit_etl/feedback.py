@@ -24,10 +24,17 @@ from credit_etl.annexes import display_width, save_atomically, truncate_rate, wr
 from credit_etl.identifiers import mask_id, mask_name
 from credit_etl.masking import mask_text
 from credit_etl.periods import Quarter
+from credit_etl.schema import CATEGORY_ZH
 from credit_etl.settings import Settings
 
 log = logging.getLogger(__name__)
 
+STATUS_ZH = {
+    "landed": "已入库",
+    "duplicate": "重复文件，未重复入库",
+    "failed": "整个文件未能读取",
+    "not_read": "命名或位置不符，未读取",
+}
 BOLD = Font(bold=True)
 WRAP = Alignment(wrap_text=True, vertical="top")
 MAX_WIDTH = 60
@@ -62,6 +69,12 @@ def _table(sheet, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None
             width + 2, MAX_WIDTH
         )
     sheet.freeze_panes = "A2"
+    sheet.page_setup.orientation = "landscape"
+    sheet.page_setup.paperSize = sheet.PAPERSIZE_A4
+    sheet.page_setup.fitToWidth = 1
+    sheet.page_setup.fitToHeight = 0
+    sheet.sheet_properties.pageSetUpPr.fitToPage = True
+    sheet.print_title_rows = "1:1"
 
 
 def _masked_record_value(column: str | None, value: str | None) -> str | None:
@@ -103,9 +116,9 @@ def feedback_rows(
         file_rows.append(
             (
                 f"incoming/{path}",
-                category,
+                CATEGORY_ZH.get(category, category),
                 received,
-                status,
+                STATUS_ZH.get(status, status),
                 read,
                 landed,
                 rejected,
@@ -170,7 +183,7 @@ def feedback_rows(
         person = (subject_type or "").strip() == "自然人" or (id_number and not uscc)
         late_rows.append(
             (
-                category,
+                CATEGORY_ZH.get(category, category),
                 number,
                 mask_name(name) if person else name,
                 uscc or mask_id(id_number),

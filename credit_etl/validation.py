@@ -214,9 +214,15 @@ def build_checked_sql(
             "lambda t: starts_with(t, commitment_type))[1] || ' was probably meant)', '')",
         )
 
+    written_lower = (
+        f"CASE WHEN contains({raw['uscc']}, 'x') THEN ' (written with x)' ELSE '' END"
+        if "uscc" in raw
+        else "''"
+    )
     flags = [
         f"CASE WHEN uscc = '00000000000000000X' THEN struct_pack(col := {uscc_name}, "
-        "flag := 'individual-business placeholder 00000000000000000X') END",
+        "flag := 'individual-business placeholder 00000000000000000X' || "
+        f"{written_lower}) END",
         f"CASE WHEN length(id_number) = 15 AND id_problem IS NULL THEN "
         f"struct_pack(col := {id_name}, flag := '15-digit pre-1999 ID number') END",
         f"CASE WHEN uscc IS NOT NULL AND uscc_problem IS NOT NULL AND subject_ok THEN "
