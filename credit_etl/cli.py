@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
 
     command("ingest", _ingest, "Ingest every new settled file in incoming/.")
 
+    deadlines = command(
+        "check-deadlines",
+        _check_deadlines,
+        "Print the units that delivered no file between a quarter's first day and "
+        "its deadline.",
+    )
+    deadlines.add_argument("--quarter", required=True, help="quarter, e.g. 2018Q4")
+    deadlines.add_argument(
+        "--now",
+        help="moment of the check, ISO 8601 (default: now); without a time zone it "
+        "is read as Asia/Shanghai",
+    )
+
     feedback = command(
         "feedback",
         _feedback,
@@ -282,6 +295,39 @@ def _ingest(args, settings: Settings) -> int:
     for skipped in report.skipped:
         print(f"waiting   incoming/{skipped} (read once it settles)")
     print(json.dumps(report.summary()))
+    return 0
+
+
+def _check_deadlines(args, settings: Settings) -> int:
+    from credit_etl.deadlines import check_deadlines
+    from credit_etl.warehouse import connect
+
+    quarter = Quarter.parse(args.quarter)
+    now = None
+    if args.now:
+        try:
+            now = dt.datetime.fromisoformat(args.now)
+        except ValueError:
+            raise ValueError(
+                f"invalid --now {args.now!r}: write it as 2019-01-11T09:00 or "
+                "2019-01-11T09:00+08:00"
+            ) from None
+    _require_data_dir(settings)
+    con = (
+        connect(settings, read_only=True) if settings.warehouse_path.exists() else None
+    )
+    try:
+        check = check_deadlines(con, settings, quarter, now)
+    finally:
+        if con is not None:
+            con.close()
+    state = "passed" if check.passed else "not reached yet"
+    print(
+        f"{quarter.label}: deadline {check.deadline:%Y-%m-%d %H:%M:%S} Asia/Shanghai "
+        f"({state}); {len(check.silent)} units delivered no file:"
+    )
+    for unit in check.silent:
+        print(f"  {unit.unit_id}\t{unit.name_zh}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """A run killed half-way and run again gives the figures of one clean run."""
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,14 @@ def clean_state(tmp_path_factory) -> tuple[Path, dict[str, list]]:
     return source, _state(clean)
 
 
+def _kill_after(data_dir: Path, seconds: float) -> None:
+    process = _credit_etl(data_dir, "run", "--quarter", "2018Q4")
+    time.sleep(seconds)
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
 @pytest.mark.parametrize("kill_after_seconds", [2.0, 4.0, 6.5])
 def test_killed_run_matches_clean_run(
     tmp_path: Path, clean_state: tuple[Path, dict[str, list]], kill_after_seconds: float
@@ -118,17 +127,34 @@ def test_killed_run_matches_clean_run(
     data_dir = tmp_path / "data"
     shutil.copytree(source / "incoming", data_dir / "incoming")
 
-    process = _credit_etl(data_dir, "run", "--quarter", "2018Q4")
-    time.sleep(kill_after_seconds)
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    _kill_after(data_dir, kill_after_seconds)
 
     _run_to_end(data_dir)
     state = _state(data_dir)
     assert state["records"] == expected["records"]
     assert state["ledger"] == expected["ledger"]
     assert state["figures"] == expected["figures"]
+
+
+def test_repeated_random_kills_match_clean_run(
+    tmp_path: Path, clean_state: tuple[Path, dict[str, list]]
+) -> None:
+    """Kill the run at four random moments in a row, then let it finish."""
+    source, expected = clean_state
+    data_dir = tmp_path / "data"
+    shutil.copytree(source / "incoming", data_dir / "incoming")
+    seed = int(os.environ.get("CREDIT_ETL_KILL_SEED", time.time_ns() % 1_000_000))
+    moments = [round(random.Random(seed + i).uniform(1.0, 8.0), 2) for i in range(4)]
+
+    for seconds in moments:
+        _kill_after(data_dir, seconds)
+
+    _run_to_end(data_dir)
+    state = _state(data_dir)
+    context = f"kill moments {moments} (CREDIT_ETL_KILL_SEED={seed})"
+    assert state["records"] == expected["records"], context
+    assert state["ledger"] == expected["ledger"], context
+    assert state["figures"] == expected["figures"], context
 
 
 def test_clean_run_counts(clean_state: tuple[Path, dict[str, list]]) -> None:
