@@ -30,12 +30,15 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 # Runs in a child process: the step's code, then one JSON line with its peak memory.
+# VmHWM is the peak of the memory map made at exec; ru_maxrss would also count the
+# parent's pages that the fork copied before the exec.
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 started = time.monotonic()
 {body}
 seconds = time.monotonic() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/status") as handle:
+    peak = int(handle.read().split("VmHWM:")[1].split()[0]) * 1024
 print("BENCH " + json.dumps({{"seconds": seconds, "peak": peak, "rows": rows}}))
 """
 
@@ -43,8 +46,10 @@ FLOOR = """
 import duckdb, pathlib
 files = {}
 for path in pathlib.Path(sys.argv[1]).rglob("*.csv"):
+    import codecs
     try:
-        head = path.read_bytes()[:4096].decode("utf-8")
+        with path.open("rb") as handle:
+            codecs.getincrementaldecoder("utf-8")().decode(handle.read(4096))
     except UnicodeDecodeError:
         continue
     category = path.name.split("_", 1)[1].rsplit(".", 1)[0]

@@ -38,6 +38,9 @@ STATUS_ZH = {
 BOLD = Font(bold=True)
 WRAP = Alignment(wrap_text=True, vertical="top")
 MAX_WIDTH = 60
+# Rows listed per sheet: enough for a clerk to find every kind of fault, and small
+# enough that a unit with millions of bad rows still gets its workbook in seconds.
+MAX_LISTED_ROWS = 10_000
 
 
 def _table(sheet, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -132,9 +135,15 @@ def feedback_rows(
         """SELECT r.path, r.sheet, r.row_no, r.column_name, r.value, r.reason
            FROM rejects r JOIN ledger l USING (file_id)
            WHERE r.unit_id = $unit AND l.received_date BETWEEN $start AND $end
-           ORDER BY l.received_date, r.path, r.sheet NULLS FIRST, r.row_no""",
-        window,
+           ORDER BY l.received_date, r.path, r.sheet NULLS FIRST, r.row_no
+           LIMIT $limit""",
+        {**window, "limit": MAX_LISTED_ROWS},
     ).fetchall()
+    reject_total = con.execute(
+        """SELECT count(*) FROM rejects r JOIN ledger l USING (file_id)
+           WHERE r.unit_id = $unit AND l.received_date BETWEEN $start AND $end""",
+        window,
+    ).fetchone()[0]
     reject_rows = [
         (
             f"incoming/{path}",
@@ -163,9 +172,19 @@ def feedback_rows(
             JOIN ledger l USING (file_id)
             WHERE p.unit_id = $unit AND p.received_date BETWEEN $start AND $end
               AND date_diff('day', decision_date_value, p.received_date) > {days}
-            ORDER BY days DESC, decision_number""",
-        window,
+            ORDER BY days DESC, decision_number
+            LIMIT $limit""",
+        {**window, "limit": MAX_LISTED_ROWS},
     ).fetchall()
+    late_total = con.execute(
+        f"""SELECT count(*) FROM (
+                SELECT unit_id, decision_date_value, received_date FROM rec_license
+                UNION ALL
+                SELECT unit_id, decision_date_value, received_date FROM rec_penalty)
+            WHERE unit_id = $unit AND received_date BETWEEN $start AND $end
+              AND date_diff('day', decision_date_value, received_date) > {days}""",
+        window,
+    ).fetchone()[0]
     late_rows = []
     for (
         category,
@@ -232,6 +251,16 @@ def feedback_rows(
             (f"红黑名单 {quarter.year_word}总量", rb_y),
             ("信用承诺 总量", commitments),
         ]
+    for label, shown, total in (
+        ("退回记录", len(reject_rows), reject_total),
+        ("逾期公示记录", len(late_rows), late_total),
+    ):
+        note = (
+            f"共 {total} 条"
+            if shown == total
+            else f"共 {total} 条，仅列出前 {shown} 条"
+        )
+        figure_rows.append((label, note))
     return {
         "figures": figure_rows,
         "files": file_rows,

@@ -20,10 +20,12 @@ import duckdb
 import pandas as pd
 
 from credit_etl.discovery import Delivery, NameProblem, Scan, scan_incoming
+from credit_etl.masking import mask_text
 from credit_etl.readers import (
     FileError,
     HeaderMap,
     check_xlsx_container,
+    clip_field,
     fingerprint,
     has_interior_blank_line,
     map_header,
@@ -332,16 +334,27 @@ def _land(
 
 def _check_header(spec: CategorySpec, header: HeaderMap, result: FileResult) -> None:
     missing = missing_required(spec, header)
+    named = [n for n in header.names if n and n.strip()]
+    if missing and len(header.by_key) * 2 < len(named):
+        # Most cells are not column names, so the first row is probably data: it
+        # is not echoed, since it may hold a person's name or ID number.
+        raise FileError(
+            f"the first row is not a header row: {len(header.by_key)} of its "
+            f"{len(named)} cells are standard column names. Put the column names "
+            f"in the first row, for example {', '.join(spec.column(k).name_zh for k in spec.required)}"
+            " and 统一社会信用代码 or 证件号码"
+        )
     if missing:
+        recognised = [header.names[position] for position in header.by_key.values()]
         raise FileError(
             f"required columns missing from the header: {', '.join(missing)}; the "
-            f"header has: {', '.join(n for n in header.names if n)}. Use the column "
-            "names of the national double-publicity standard"
+            f"header has the standard columns {', '.join(recognised)} and "
+            f"{len(named) - len(recognised)} others. Use the column names of the "
+            "national double-publicity standard"
         )
     if header.unknown:
-        result.notes.append(
-            "columns not in the standard, ignored: " + ", ".join(header.unknown)
-        )
+        shown = [mask_text(name)[:40] for name in header.unknown]
+        result.notes.append("columns not in the standard, ignored: " + ", ".join(shown))
     if header.duplicates:
         result.notes.append(
             "columns given twice, the first one is used: "
@@ -374,7 +387,12 @@ def _stage_csv(
             "row numbers",
             delivery.rel_path,
         )
-        return _stage_csv_exact(con, source, delimiter, header), header
+        return (
+            _stage_csv_exact(
+                con, source, delimiter, header, settings.limits.max_field_chars
+            ),
+            header,
+        )
     columns = "{" + ", ".join(f"'c{pos}': 'VARCHAR'" for pos in range(width)) + "}"
     try:
         con.execute(
@@ -394,7 +412,12 @@ def _stage_csv(
             str(error).splitlines()[0],
         )
         con.execute("DROP TABLE IF EXISTS temp.stage_raw")
-        return _stage_csv_exact(con, source, delimiter, header), header
+        return (
+            _stage_csv_exact(
+                con, source, delimiter, header, settings.limits.max_field_chars
+            ),
+            header,
+        )
     con.execute(
         "CREATE TEMP VIEW stage_0 AS SELECT CAST(rowid + 2 AS INTEGER) AS row_no, "
         "CAST(NULL AS VARCHAR) AS sheet, CAST(NULL AS VARCHAR) AS issue_column, "
@@ -428,11 +451,18 @@ def _append_batch(
 
 
 def _stage_csv_exact(
-    con: duckdb.DuckDBPyConnection, source: Path, delimiter: str, header: HeaderMap
+    con: duckdb.DuckDBPyConnection,
+    source: Path,
+    delimiter: str,
+    header: HeaderMap,
+    max_field_chars: int,
 ) -> str:
     """Parse with Python's csv module, keeping ragged rows as rejects."""
     import csv
 
+    # The module's own limit (131,072 characters) would stop the whole file; long
+    # fields are cut and rejected per row instead.
+    csv.field_size_limit(max(max_field_chars * 4, 1 << 30))
     width = len(header.names)
     name = "stage_0"
     _create_stage_table(con, name, width)
@@ -440,18 +470,32 @@ def _stage_csv_exact(
     with source.open("r", encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, strict=False)
         next(reader, None)
-        for record_no, fields in enumerate(reader, start=2):
+        record_no = 1
+        while True:
+            record_no += 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                raise FileError(
+                    f"row {record_no} cannot be parsed as CSV ({error}); check that "
+                    "quotes are closed and fields are separated by commas"
+                ) from None
             if not any(f.strip() for f in fields):
                 continue
-            issue_column = issue = None
+            issue = None
             if len(fields) != width:
-                issue_column = None
                 issue = (
                     f"the row has {len(fields)} fields but the header has {width}; "
                     "check for a missing or extra comma, or a quote that is not closed"
                 )
             values = (fields + [None] * width)[:width]
-            batch.append([record_no, None, issue_column, issue, *values])
+            for position, value in enumerate(values):
+                clipped, too_long = clip_field(value, max_field_chars)
+                values[position] = clipped
+                issue = issue or too_long
+            batch.append([record_no, None, None, issue, *values])
             if len(batch) >= XLSX_BATCH_ROWS:
                 _append_batch(con, name, width, batch)
                 batch = []
@@ -471,7 +515,9 @@ def _stage_xlsx(
     check_xlsx_container(
         delivery.path, limits.max_xlsx_uncompressed_bytes, limits.max_xlsx_cells
     )
-    workbook = read_workbook(delivery.path, spec, limits.max_xlsx_cells)
+    workbook = read_workbook(
+        delivery.path, spec, limits.max_xlsx_cells, limits.max_field_chars
+    )
     for skipped in workbook.skipped_sheets:
         result.notes.append(f"sheet skipped: {skipped}")
     if not workbook.sheets:

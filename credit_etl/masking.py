@@ -12,9 +12,11 @@ import pandas as pd
 
 from credit_etl.identifiers import mask_id, mask_name
 
-# An 18-digit ID (last character may be X) or a 15-digit old ID inside free text.
+# A run of 15 to 18 digits (the last may be X) inside free text: an ID number, or
+# one with a digit missing or added, which reveals nearly as much. ID numbers start
+# with a province code from 11 to 82; a run starting with 9 is a company's code.
 _ID_IN_TEXT = re.compile(
-    r"(?<![0-9A-Za-z])(\d{6})(\d{5}|\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])"
+    r"(?<![0-9A-Za-z])([1-8]\d{5})(\d{5,8})(\d{3}[0-9Xx])(?![0-9A-Za-z])"
 )
 _ID_COLUMNS = ("id_number", "legal_representative_id_number")
 _NAME_COLUMNS = ("legal_representative",)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import math
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -216,17 +217,53 @@ class WorkbookRead:
     skipped_sheets: list[str]  # "sheet name: why"
 
 
+_DIMENSION = re.compile(rb'<dimension\s+ref="([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?"')
+
+
+def _column_number(letters: bytes) -> int:
+    number = 0
+    for letter in letters.decode():
+        number = number * 26 + ord(letter) - ord("A") + 1
+    return number
+
+
+def _declared_cells(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """Read a sheet's declared dimension from the start of its XML, or 0."""
+    with archive.open(info) as handle:
+        head = handle.read(4096)
+    match = _DIMENSION.search(head)
+    if not match or not match.group(3):
+        return 0
+    rows = int(match.group(4)) - int(match.group(2)) + 1
+    columns = _column_number(match.group(3)) - _column_number(match.group(1)) + 1
+    return max(rows, 0) * max(columns, 0)
+
+
 def check_xlsx_container(path: Path, max_uncompressed: int, max_cells: int) -> None:
-    """Refuse a workbook that is not a zip or would expand past the limits."""
+    """Refuse a workbook that is not a zip or would expand past the limits.
+
+    Both checks read only the zip directory and the first bytes of each sheet, so a
+    zip bomb is refused before any sheet is expanded.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
-            total = 0
-            for info in archive.infolist():
-                total += info.file_size
+            infos = archive.infolist()
+            total = sum(info.file_size for info in infos)
             if total > max_uncompressed:
                 raise FileError(
                     f"the workbook expands to {total:,} bytes, more than the limit of "
                     f"{max_uncompressed:,}; split it into several files"
+                )
+            cells = sum(
+                _declared_cells(archive, info)
+                for info in infos
+                if info.filename.startswith("xl/worksheets/")
+                and info.filename.endswith(".xml")
+            )
+            if cells > max_cells:
+                raise FileError(
+                    f"the workbook's sheets declare {cells:,} cells, more than the "
+                    f"limit of {max_cells:,}; split it into several files"
                 )
     except zipfile.BadZipFile:
         raise FileError(
@@ -235,7 +272,9 @@ def check_xlsx_container(path: Path, max_uncompressed: int, max_cells: int) -> N
         ) from None
 
 
-def read_workbook(path: Path, spec: CategorySpec, max_cells: int) -> WorkbookRead:
+def read_workbook(
+    path: Path, spec: CategorySpec, max_cells: int, max_field_chars: int = 4000
+) -> WorkbookRead:
     """Find each sheet's header and yield its data rows as text."""
     from python_calamine import CalamineWorkbook
 
@@ -247,13 +286,15 @@ def read_workbook(path: Path, spec: CategorySpec, max_cells: int) -> WorkbookRea
             ".xlsx, or send it as CSV"
         ) from None
     result = WorkbookRead([], [])
+    # A sheet may declare no dimension, so the loaded sizes are counted too.
+    cells = 0
     for sheet_name in workbook.sheet_names:
         sheet = workbook.get_sheet_by_name(sheet_name)
-        cells = sheet.height * sheet.width
+        cells += sheet.height * sheet.width
         if cells > max_cells:
             raise FileError(
-                f"sheet {sheet_name!r} has {cells:,} cells, more than the limit of "
-                f"{max_cells:,}; split it into several files"
+                f"the workbook has {cells:,} cells up to sheet {sheet_name!r}, more "
+                f"than the limit of {max_cells:,}; split it into several files"
             )
         found = _find_header(sheet, spec)
         if isinstance(found, str):
@@ -265,7 +306,7 @@ def read_workbook(path: Path, spec: CategorySpec, max_cells: int) -> WorkbookRea
                 name=sheet_name,
                 header=header,
                 header_row=header_row,
-                rows=_data_rows(sheet, spec, header, data_start),
+                rows=_data_rows(sheet, spec, header, data_start, max_field_chars),
             )
         )
     return result
@@ -334,7 +375,9 @@ def _find_header(sheet, spec: CategorySpec):
     return header, start_row + row_index + 1, data_start
 
 
-def _data_rows(sheet, spec: CategorySpec, header: HeaderMap, data_start: int):
+def _data_rows(
+    sheet, spec: CategorySpec, header: HeaderMap, data_start: int, max_field_chars: int
+):
     start_row, start_col = sheet.start if sheet.start else (0, 0)
     kinds: dict[int, Column] = {
         position: spec.column(key) for key, position in header.by_key.items()
@@ -351,12 +394,24 @@ def _data_rows(sheet, spec: CategorySpec, header: HeaderMap, data_start: int):
             raw = cells[position] if position < len(cells) else ""
             column = kinds.get(position)
             text, problem = cell_to_text(raw, column)
+            text, too_long = clip_field(text, max_field_chars)
+            problem = problem or too_long
             values.append(text)
             if problem and issue is None:
                 issue_column, issue = header.names[position], problem
         if all(value is None for value in values):
             continue
         yield start_row + index + 1, values, issue_column, issue
+
+
+def clip_field(text: str | None, max_chars: int) -> tuple[str | None, str | None]:
+    """Cut a value past the field limit, so a huge cell never reaches DuckDB whole."""
+    if text is None or len(text) <= max_chars:
+        return text, None
+    return text[:max_chars] + "…", (
+        f"the value has {len(text)} characters, more than the limit of "
+        f"{max_chars}; shorten it or split the text"
+    )
 
 
 def cell_to_text(value, column: Column | None) -> tuple[str | None, str | None]:
