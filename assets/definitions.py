@@ -9,6 +9,7 @@ from assets.figures import quarter_figures
 from assets.ingest import landed_extracts
 from assets.resources import build_resources
 from credit_etl.settings import Settings, load_settings
+from sensors.alerts import deadline_alert_sensor, run_failure_alert_sensor
 from sensors.extracts import new_extract_sensor
 from sensors.schedules import quarterly_report_schedule
 
@@ -31,7 +32,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[landed_extracts, quarter_figures, *annex_assets()],
         jobs=[ingest_job, report_job],
         schedules=[quarterly_report_schedule(report_job, settings.deadline_day)],
-        sensors=[new_extract_sensor(ingest_job, settings)],
+        sensors=[
+            new_extract_sensor(ingest_job, settings),
+            deadline_alert_sensor(settings),
+            run_failure_alert_sensor(settings),
+        ],
         resources=build_resources(settings),
     )
 

@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     deadlines.add_argument("--quarter", required=True, help="quarter, e.g. 2018Q4")
     deadlines.add_argument(
+        "--notify",
+        action="store_true",
+        help="also send alerts through the channels of <data dir>/notify.toml, once "
+        "per unit and quarter until the reminder interval passes",
+    )
+    deadlines.add_argument(
         "--now",
         help="moment of the check, ISO 8601 (default: now); without a time zone it "
         "is read as Asia/Shanghai",
@@ -313,14 +319,27 @@ def _check_deadlines(args, settings: Settings) -> int:
                 "2019-01-11T09:00+08:00"
             ) from None
     _require_data_dir(settings)
-    con = (
-        connect(settings, read_only=True) if settings.warehouse_path.exists() else None
-    )
-    try:
-        check = check_deadlines(con, settings, quarter, now)
-    finally:
-        if con is not None:
+    summary = None
+    if args.notify:
+        from credit_etl.notify import notify_deadlines
+
+        con = connect(settings)
+        try:
+            check = check_deadlines(con, settings, quarter, now)
+            summary = notify_deadlines(con, settings, quarter, now)
+        finally:
             con.close()
+    else:
+        con = (
+            connect(settings, read_only=True)
+            if settings.warehouse_path.exists()
+            else None
+        )
+        try:
+            check = check_deadlines(con, settings, quarter, now)
+        finally:
+            if con is not None:
+                con.close()
     state = "passed" if check.passed else "not reached yet"
     print(
         f"{quarter.label}: deadline {check.deadline:%Y-%m-%d %H:%M:%S} Asia/Shanghai "
@@ -328,6 +347,8 @@ def _check_deadlines(args, settings: Settings) -> int:
     )
     for unit in check.silent:
         print(f"  {unit.unit_id}\t{unit.name_zh}")
+    if summary is not None:
+        print(json.dumps(summary.as_dict(), ensure_ascii=False))
     return 0
 
 

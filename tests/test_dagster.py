@@ -13,9 +13,11 @@ import pytest
 
 from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
 from assets.partitions import partition_key, quarterly_partitions
+from credit_etl.deadlines import SHANGHAI
 from credit_etl.periods import Quarter
 from credit_etl.settings import REPO_ROOT, Settings
 from credit_etl.warehouse import connect
+from sensors.alerts import quarter_to_check
 from sensors.schedules import quarter_due
 
 HEADER = "行政相对人名称,统一社会信用代码,证件号码,行政处罚决定书文号,处罚决定日期\n"
@@ -239,3 +241,23 @@ def test_workspace_loads_with_dagster_cli(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("now", "quarter"),
+    [
+        (dt.datetime(2019, 1, 10, 23, 59), None),
+        (dt.datetime(2019, 1, 11, 0, 0), "2018Q4"),
+        (dt.datetime(2019, 3, 31, 12, 0), "2018Q4"),
+        (dt.datetime(2019, 4, 11, 9, 0), "2019Q1"),
+    ],
+)
+def test_deadline_sensor_quarter(now: dt.datetime, quarter: str | None) -> None:
+    checked = quarter_to_check(now.replace(tzinfo=SHANGHAI), 10)
+    assert (checked.label if checked else None) == quarter
+
+
+def test_alert_sensors_defined(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    names = {sensor.name for sensor in definitions.sensors}
+    assert {"deadline_alert_sensor", "run_failure_alert_sensor"} <= names
