@@ -22,6 +22,11 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# DuckDB allows one writing process per warehouse file, so queued runs (backfills,
+# sensor and schedule runs) start one at a time.
+concurrency:
+  runs:
+    max_concurrent_runs: 1
 """
 
 
