@@ -593,8 +593,12 @@ def _validate_and_upsert(
     con.execute(
         f"""INSERT INTO row_flags SELECT $file_id, $path, $unit_id, sheet, row_no,
                f.col, f.flag
-           FROM (SELECT sheet, row_no, unnest(flag_list) AS f FROM {checked}
-                 WHERE reject IS NULL AND len(flag_list) > 0)""",
+           FROM (SELECT sheet, row_no, split_part(item, chr(31), 1) AS col,
+                        split_part(item, chr(31), 2) AS flag
+                 FROM (SELECT sheet, row_no,
+                              unnest(string_split(flag_text, chr(30))) AS item
+                       FROM {checked}
+                       WHERE reject IS NULL AND flag_text IS NOT NULL)) f""",
         {k: meta[k] for k in ("file_id", "path", "unit_id")},
     )
 
@@ -659,8 +663,9 @@ def _validate_and_upsert(
             SELECT $unit_id, $category, w.key_hash,
                    least(coalesce(m.first_received, $received), $received),
                    $received, $file_id, w.sheet, w.row_no,
-                   CASE WHEN len(w.flag_list) > 0 THEN array_to_string(
-                       list_transform(w.flag_list, lambda f: f.flag), '; ')
+                   CASE WHEN w.flag_text IS NOT NULL THEN array_to_string(
+                       list_transform(string_split(w.flag_text, chr(30)),
+                                      lambda f: split_part(f, chr(31), 2)), '; ')
                    END,
                    {", ".join(typed_values + stored_values)}
             FROM {winners} w LEFT JOIN {matched} m ON m.key_hash = w.key_hash

@@ -219,18 +219,35 @@ def build_checked_sql(
         if "uscc" in raw
         else "''"
     )
+
+    # Flags are kept as text, "column<US>flag" joined by <RS>, because building a
+    # list per row costs more than the rest of the validation.
+    def flag(condition: str, column_name: str, text: str) -> str:
+        return f"CASE WHEN {condition} THEN {column_name} || chr(31) || {text} END"
+
     flags = [
-        f"CASE WHEN uscc = '00000000000000000X' THEN struct_pack(col := {uscc_name}, "
-        "flag := 'individual-business placeholder 00000000000000000X' || "
-        f"{written_lower}) END",
-        f"CASE WHEN length(id_number) = 15 AND id_problem IS NULL THEN "
-        f"struct_pack(col := {id_name}, flag := '15-digit pre-1999 ID number') END",
-        f"CASE WHEN uscc IS NOT NULL AND uscc_problem IS NOT NULL AND subject_ok THEN "
-        f"struct_pack(col := {uscc_name}, flag := 'invalid code ignored, the ID "
-        "number identifies the subject: ' || uscc_problem) END",
-        f"CASE WHEN id_number IS NOT NULL AND id_problem IS NOT NULL AND subject_ok "
-        f"THEN struct_pack(col := {id_name}, flag := 'invalid ID number ignored, the "
-        "code identifies the subject: ' || id_problem) END",
+        flag(
+            "uscc = '00000000000000000X'",
+            uscc_name,
+            f"'individual-business placeholder 00000000000000000X' || {written_lower}",
+        ),
+        flag(
+            "length(id_number) = 15 AND id_problem IS NULL",
+            id_name,
+            "'15-digit pre-1999 ID number'",
+        ),
+        flag(
+            "uscc IS NOT NULL AND uscc_problem IS NOT NULL AND subject_ok",
+            uscc_name,
+            "'invalid code ignored, the ID number identifies the subject: ' "
+            "|| uscc_problem",
+        ),
+        flag(
+            "id_number IS NOT NULL AND id_problem IS NOT NULL AND subject_ok",
+            id_name,
+            "'invalid ID number ignored, the code identifies the subject: ' "
+            "|| id_problem",
+        ),
     ]
 
     subject_key = (
@@ -313,7 +330,7 @@ WITH src AS (
 )
 SELECT *,
     CASE {" ".join(rules)} END AS reject,
-    list_filter([{", ".join(flags)}], lambda f: f IS NOT NULL) AS flag_list,
+    nullif(concat_ws(chr(30), {", ".join(flags)}), '') AS flag_text,
     md5_number({params.add(spec.category)} || '|' || ({key_parts})) AS key_hash,
     {", ".join(typed) if typed else "NULL AS no_typed"}
 FROM judged
