@@ -96,8 +96,14 @@ def build_checked_sql(
         f"WHEN length(concat_ws('', {everything})) > 64 THEN TRUE "
         f"ELSE regexp_matches(concat_ws('', {everything}), '[^{SPACE_CLASS[1:-1]}]') END"
     )
+    # Parsing is bound only for date columns the file has, since each ce_date
+    # expands to several regular expressions that the planner handles per file.
     dated = ", ".join(
-        f"ce_date({column.key}) AS {column.key}__d"
+        (
+            f"ce_date({column.key}) AS {column.key}__d"
+            if column.key in raw
+            else f"CAST(NULL AS DATE) AS {column.key}__d"
+        )
         for column in spec.columns
         if column.kind == DATE
     )
