@@ -63,6 +63,8 @@ class FileResult:
     error: str | None = None
     duplicate_of: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Standard columns the file delivered, by key: compared between deliveries.
+    columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -271,8 +273,8 @@ def _write_ledger(
     con.execute(
         """INSERT INTO ledger (file_id, path, sha256, size_bytes, unit_id, category,
                received_date, encoding, rows_read, rows_landed, rows_rejected,
-               rows_repeated, status, error, duplicate_of, notes)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               rows_repeated, status, error, duplicate_of, notes, columns)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             file_id,
             delivery.rel_path,
@@ -290,6 +292,7 @@ def _write_ledger(
             result.error,
             duplicate_of,
             json.dumps(result.notes, ensure_ascii=False) if result.notes else None,
+            json.dumps(sorted(set(result.columns))) if result.columns else None,
         ],
     )
     return file_id
@@ -333,6 +336,7 @@ def _land(
 
 
 def _check_header(spec: CategorySpec, header: HeaderMap, result: FileResult) -> None:
+    result.columns.extend(header.by_key)
     missing = missing_required(spec, header)
     named = [n for n in header.names if n and n.strip()]
     if missing and len(header.by_key) * 2 < len(named):

@@ -261,3 +261,18 @@ def test_alert_sensors_defined(settings: Settings) -> None:
     definitions = build_definitions(settings)
     names = {sensor.name for sensor in definitions.sensors}
     assert {"deadline_alert_sensor", "run_failure_alert_sensor"} <= names
+
+
+def test_figure_checks_reported(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    with dg.DagsterInstance.ephemeral() as instance:
+        definitions.resolve_job_def(INGEST_JOB).execute_in_process(instance=instance)
+        result = definitions.resolve_job_def(REPORT_JOB).execute_in_process(
+            instance=instance, partition_key="2018-10-01"
+        )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evaluations["parts_within_wholes"].passed
+    assert evaluations["totals_equal_units"].passed
+    # 市环保局's two penalties: one decided 7 days before receipt, one 14 days.
+    assert evaluations["timeliness_above_threshold"].passed
+    assert evaluations["columns_unchanged"].passed
