@@ -154,6 +154,14 @@ def ingest_file(
     limits = settings.limits
     sniff = delivery.extension == ".csv"
     print_path = f"incoming/{delivery.rel_path}"
+    # A file whose path, size and modification time match a ledger row is not
+    # hashed again, so a run with no new files costs one look-up per file.
+    unchanged = con.execute(
+        "SELECT 1 FROM ledger WHERE path = ? AND size_bytes = ? AND mtime = ?",
+        [delivery.rel_path, delivery.size_bytes, delivery.mtime],
+    ).fetchone()
+    if unchanged:
+        return None
     fp = fingerprint(delivery.path, sniff_encoding=sniff)
 
     known = con.execute(
@@ -161,6 +169,11 @@ def ingest_file(
         [delivery.rel_path, fp.sha256],
     ).fetchone()
     if known:
+        # Same bytes with a new modification time (touched or copied again).
+        con.execute(
+            "UPDATE ledger SET mtime = ? WHERE file_id = ?",
+            [delivery.mtime, known[0]],
+        )
         return None
 
     base = FileResult(
@@ -273,8 +286,8 @@ def _write_ledger(
     con.execute(
         """INSERT INTO ledger (file_id, path, sha256, size_bytes, unit_id, category,
                received_date, encoding, rows_read, rows_landed, rows_rejected,
-               rows_repeated, status, error, duplicate_of, notes, columns)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               rows_repeated, status, error, duplicate_of, notes, columns, mtime)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             file_id,
             delivery.rel_path,
@@ -293,6 +306,7 @@ def _write_ledger(
             duplicate_of,
             json.dumps(result.notes, ensure_ascii=False) if result.notes else None,
             json.dumps(sorted(set(result.columns))) if result.columns else None,
+            delivery.mtime,
         ],
     )
     return file_id

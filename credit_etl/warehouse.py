@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     duplicate_of BIGINT,
     notes VARCHAR,
     columns VARCHAR,
+    mtime DOUBLE,
     ingested_at TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
 CREATE TABLE IF NOT EXISTS rejects (
