@@ -159,11 +159,20 @@ def connection_config(settings: Settings) -> dict[str, str]:
     }
 
 
+# Columns added after the first release, added to older warehouses when they open.
+ADDED_COLUMNS = (
+    ("ledger", "columns", "VARCHAR"),
+    ("ledger", "mtime", "DOUBLE"),
+)
+
+
 def ensure_schema(
     con: duckdb.DuckDBPyConnection, units: list[Unit] | None = None
 ) -> None:
     """Create every table that is missing and refresh the units table."""
     con.execute(LEDGER_DDL)
+    for table, column, kind in ADDED_COLUMNS:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
     for table in TABLES:
         columns = storage_columns(table)
         extra = [f"{column.key} VARCHAR" for column in columns]
