@@ -111,8 +111,12 @@ def write_small_file(incoming: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=0.1, help="share of 2018's volume")
-    parser.add_argument("--work-dir", help="folder for the data (default: a temp folder)")
+    parser.add_argument(
+        "--scale", type=float, default=0.1, help="share of 2018's volume"
+    )
+    parser.add_argument(
+        "--work-dir", help="folder for the data (default: a temp folder)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data afterwards")
     args = parser.parse_args()
 
@@ -128,10 +132,14 @@ def main() -> int:
 
     summary = write_demo_data(data_dir / "incoming", scale=args.scale)
     generate_seconds = time.monotonic() - started
-    size = sum(p.stat().st_size for p in (data_dir / "incoming").rglob("*") if p.is_file())
+    size = sum(
+        p.stat().st_size for p in (data_dir / "incoming").rglob("*") if p.is_file()
+    )
 
     steps = {}
-    steps["floor"] = run_step(FLOOR, str(data_dir / "incoming"), str(work / "floor.duckdb"))
+    steps["floor"] = run_step(
+        FLOOR, str(data_dir / "incoming"), str(work / "floor.duckdb")
+    )
     steps["ingest"] = run_step(CLI, "ingest", "--data-dir", str(data_dir))
     report = ["run", "--quarter", "2018Q4", "--data-dir", str(data_dir)]
     steps["report 2018Q4"] = run_step(CLI, *report)
@@ -145,7 +153,9 @@ def main() -> int:
         f"{len(summary.files):,} files, {size / 1e9:.2f} GB, written in "
         f"{generate_seconds:.1f} s"
     )
-    print(f"{'step':24} {'rows':>13} {'seconds':>9} {'rows/s':>12} {'peak MiB':>9} {'/floor':>7}")
+    print(
+        f"{'step':24} {'rows':>13} {'seconds':>9} {'rows/s':>12} {'peak MiB':>9} {'/floor':>7}"
+    )
     for name, step in steps.items():
         rate = step["rows"] / step["seconds"] if step["seconds"] else 0
         print(
