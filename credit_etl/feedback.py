@@ -269,6 +269,46 @@ def feedback_rows(
     }
 
 
+# Records, per unit, what its workbook was written from, so unchanged units are
+# not written again.
+STATE_FILE = ".written.json"
+
+
+def _signatures(
+    con: duckdb.DuckDBPyConnection, settings: Settings, quarter: Quarter
+) -> dict[str, str]:
+    """Return, per unit, a text that changes whenever its workbook would."""
+    rows = con.execute(
+        """SELECT u.unit_id,
+                  coalesce((SELECT max(file_id) FROM ledger l
+                            WHERE l.unit_id = u.unit_id
+                               OR (l.unit_id IS NULL
+                                   AND split_part(l.path, '/', 1) = u.unit_id)), 0),
+                  (SELECT cutoff || '/' || version || '/' || rule FROM figure_state s
+                   WHERE s.unit_id = u.unit_id AND s.period = $period)
+           FROM units u""",
+        {"period": quarter.label},
+    ).fetchall()
+    days = settings.timeliness_days
+    return {
+        unit_id: f"v1|{last_file}|{state}|late>{days}"
+        for unit_id, last_file, state in rows
+    }
+
+
+def _read_state(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(path: Path, state: dict[str, str]) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
+    temp.replace(path)
+
+
 def write_feedback(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -282,9 +322,19 @@ def write_feedback(
     wanted = set(unit_ids) if unit_ids else None
     folder = settings.exports_dir / quarter.label / "feedback"
     folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / STATE_FILE
+    written = _read_state(state_path)
+    signatures = _signatures(con, settings, quarter)
     paths = []
+    skipped = 0
     for unit_id, name_zh in units:
         if wanted is not None and unit_id not in wanted:
+            continue
+        path = folder / f"{unit_id}.xlsx"
+        signature = signatures.get(unit_id, "")
+        if path.exists() and written.get(unit_id) == signature:
+            paths.append(path)
+            skipped += 1
             continue
         rows = feedback_rows(con, settings, quarter, unit_id)
         workbook = Workbook()
@@ -330,10 +380,15 @@ def write_feedback(
             ],
             rows["late"],
         )
-        path = folder / f"{unit_id}.xlsx"
         save_atomically(workbook, path)
         paths.append(path)
+        written[unit_id] = signature
+        _write_state(state_path, written)
     log.info(
-        "wrote %d feedback workbooks for %s in %s", len(paths), quarter.label, folder
+        "feedback workbooks for %s in %s: %d written, %d unchanged",
+        quarter.label,
+        folder,
+        len(paths) - skipped,
+        skipped,
     )
     return paths

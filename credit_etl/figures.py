@@ -123,13 +123,52 @@ def period_params(quarter: Quarter, cutoff: dt.date) -> dict[str, object]:
     return params
 
 
+def _rule_key(settings: Settings) -> str:
+    """Return the settings a figure depends on beyond the records and the cut-off."""
+    unit = "working" if settings.timeliness_working_days else "calendar"
+    return f"timely<={int(settings.timeliness_days)} {unit} days"
+
+
+def _stale_units(
+    con: duckdb.DuckDBPyConnection, period: str, cutoff: dt.date, rule: str
+) -> int:
+    """Fill temp table stale_units with units whose figures must be recomputed.
+
+    A unit's records change only when a file of that unit lands, so its version is
+    the highest landed file id; figures of a unit whose version, cut-off and rule
+    are unchanged are kept.
+    """
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE stale_units AS
+           WITH versions AS (
+               SELECT u.unit_id, coalesce(max(l.file_id), 0) AS version
+               FROM units u LEFT JOIN ledger l
+                   ON l.unit_id = u.unit_id AND l.status = 'landed'
+               GROUP BY u.unit_id
+           )
+           SELECT v.unit_id, v.version FROM versions v
+           LEFT JOIN figure_state s ON s.unit_id = v.unit_id AND s.period = $period
+           LEFT JOIN unit_figures f ON f.unit_id = v.unit_id AND f.period = $period
+           WHERE s.unit_id IS NULL OR f.unit_id IS NULL OR s.version <> v.version
+              OR s.cutoff <> $cutoff OR s.rule <> $rule""",
+        {"period": period, "cutoff": cutoff, "rule": rule},
+    )
+    return con.execute("SELECT count(*) FROM stale_units").fetchone()[0]
+
+
 def compute_figures(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
     quarter: Quarter,
     cutoff: dt.date | None = None,
 ) -> dt.date:
-    """Replace the quarter's rows of unit_figures and total_figures; return the cut-off."""
+    """Bring the quarter's unit_figures and total_figures up to date; return the cut-off.
+
+    Only units with newly landed files (or a changed cut-off or timeliness rule) are
+    counted again, so a re-run with no new files reads no record. Totals are the
+    sums of the unit rows, each of which was counted from records, with rates
+    pooled from the summed timely and received counts.
+    """
     cutoff = cutoff or quarter.deadline(settings.deadline_day)
     if cutoff < quarter.end:
         raise ValueError(
@@ -144,25 +183,36 @@ def compute_figures(
     params = period_params(quarter, cutoff)
     measures = _measures(timely)
     columns = ", ".join(FIGURE_COLUMNS)
+    rule = _rule_key(settings)
 
     con.execute("BEGIN TRANSACTION")
     try:
+        stale = _stale_units(con, quarter.label, cutoff, rule)
+        if stale == 0:
+            con.execute("COMMIT")
+            log.info(
+                "figures of %s are up to date with cut-off %s", quarter.label, cutoff
+            )
+            return cutoff
         con.execute(
-            "DELETE FROM unit_figures WHERE period = $period", {"period": quarter.label}
-        )
-        con.execute(
-            "DELETE FROM total_figures WHERE period = $period",
+            """DELETE FROM unit_figures WHERE period = $period
+               AND unit_id IN (SELECT unit_id FROM stale_units)""",
             {"period": quarter.label},
         )
         con.execute(
             f"""
 INSERT INTO unit_figures (period, cutoff, unit_id, {columns}, dp_quarter_timeliness,
     dp_year_timeliness, population_10k, per_capita)
-WITH facts AS (SELECT * FROM record_facts WHERE received_date <= $cutoff),
+WITH facts AS (
+    SELECT * FROM record_facts
+    WHERE received_date <= $cutoff
+      AND unit_id IN (SELECT unit_id FROM stale_units)
+),
 counted AS (
     SELECT u.unit_id, any_value(u.population_10k) AS population_10k,
         {measures}
-    FROM units u LEFT JOIN facts f ON f.unit_id = u.unit_id
+    FROM units u SEMI JOIN stale_units s ON s.unit_id = u.unit_id
+    LEFT JOIN facts f ON f.unit_id = u.unit_id
     GROUP BY u.unit_id
 )
 SELECT $period, $cutoff, unit_id, {columns}, {_rates()},
@@ -172,39 +222,53 @@ FROM counted
 """,
             params,
         )
+        _write_totals(con, quarter.label, cutoff, columns)
         con.execute(
-            f"""
-INSERT INTO total_figures (period, cutoff, scope, {columns}, dp_quarter_timeliness,
-    dp_year_timeliness, population_10k, per_capita)
-WITH facts AS (SELECT * FROM record_facts WHERE received_date <= $cutoff),
-scoped AS (
-    SELECT CASE WHEN u.kind = 'department' THEN 'department' ELSE 'local' END AS scope,
-           u.unit_id
-    FROM units u
-),
-counted AS (
-    SELECT s.scope, {measures}
-    FROM scoped s LEFT JOIN facts f ON f.unit_id = s.unit_id
-    GROUP BY s.scope
-),
-population AS (
-    SELECT CASE WHEN kind = 'department' THEN 'department' ELSE 'local' END AS scope,
-           sum(population_10k) AS population_10k
-    FROM units GROUP BY ALL
-)
-SELECT $period, $cutoff, c.scope, {columns}, {_rates()},
-    p.population_10k,
-    CASE WHEN p.population_10k > 0 THEN total_stock / (p.population_10k * 10000) END
-FROM counted c JOIN population p USING (scope)
-""",
-            params,
+            """DELETE FROM figure_state WHERE period = $period
+               AND unit_id IN (SELECT unit_id FROM stale_units)""",
+            {"period": quarter.label},
+        )
+        con.execute(
+            """INSERT INTO figure_state (period, unit_id, cutoff, rule, version)
+               SELECT $period, unit_id, $cutoff, $rule, version FROM stale_units""",
+            {"period": quarter.label, "cutoff": cutoff, "rule": rule},
         )
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    log.info("figures of %s computed with cut-off %s", quarter.label, cutoff)
+    log.info(
+        "figures of %s computed with cut-off %s for %d units",
+        quarter.label,
+        cutoff,
+        stale,
+    )
     return cutoff
+
+
+def _write_totals(
+    con: duckdb.DuckDBPyConnection, period: str, cutoff: dt.date, columns: str
+) -> None:
+    sums = ", ".join(f"sum(f.{name}) AS {name}" for name in FIGURE_COLUMNS)
+    con.execute("DELETE FROM total_figures WHERE period = $period", {"period": period})
+    con.execute(
+        f"""
+INSERT INTO total_figures (period, cutoff, scope, {columns}, dp_quarter_timeliness,
+    dp_year_timeliness, population_10k, per_capita)
+WITH summed AS (
+    SELECT CASE WHEN u.kind = 'department' THEN 'department' ELSE 'local' END AS scope,
+           {sums}, sum(u.population_10k) AS population_10k
+    FROM unit_figures f JOIN units u USING (unit_id)
+    WHERE f.period = $period
+    GROUP BY ALL
+)
+SELECT $period, $cutoff, scope, {columns}, {_rates()},
+    population_10k,
+    CASE WHEN population_10k > 0 THEN total_stock / (population_10k * 10000) END
+FROM summed
+""",
+        {"period": period, "cutoff": cutoff},
+    )
 
 
 def unit_figures_frame(con: duckdb.DuckDBPyConnection, quarter: Quarter):

@@ -64,6 +64,14 @@ def mask_records(frame: pd.DataFrame) -> pd.DataFrame:
     return masked
 
 
+def _cell_text(value) -> str:
+    if isinstance(value, list | tuple | set):
+        return ", ".join(str(item) for item in value).replace("|", "\\|")
+    if value is None or pd.isna(value):
+        return ""
+    return str(value).replace("|", "\\|")
+
+
 def markdown_preview(frame: pd.DataFrame, max_rows: int = 10) -> str:
     """Render a short markdown table; the caller masks personal data first."""
     if frame.empty:
@@ -73,7 +81,7 @@ def markdown_preview(frame: pd.DataFrame, max_rows: int = 10) -> str:
     rule = "| " + " | ".join("---" for _ in shown.columns) + " |"
     lines = [header, rule]
     for _, row in shown.iterrows():
-        cells = ["" if pd.isna(v) else str(v).replace("|", "\\|") for v in row]
+        cells = [_cell_text(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     if len(frame) > max_rows:
         lines.append(f"\n{len(frame) - max_rows} more rows")

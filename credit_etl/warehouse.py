@@ -122,6 +122,20 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
+# What each unit's figures of a period were counted from (see figures.py).
+FIGURE_STATE_DDL = """
+CREATE TABLE IF NOT EXISTS figure_state (
+    period VARCHAR NOT NULL,
+    unit_id VARCHAR NOT NULL,
+    cutoff DATE NOT NULL,
+    rule VARCHAR NOT NULL,
+    version BIGINT NOT NULL,
+    computed_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (period, unit_id)
+)
+"""
+
+
 class WarehouseLockedError(RuntimeError):
     """Another process holds the warehouse file."""
 
@@ -190,6 +204,7 @@ def ensure_schema(
         body = ",\n    ".join([RECORD_META.strip(), *typed, *extra])
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} (\n    {body}\n)")
     con.execute(_figures_ddl("unit_figures", "unit_id"))
+    con.execute(FIGURE_STATE_DDL)
     con.execute(_figures_ddl("total_figures", "scope"))
     refresh_units(con, units or load_units())
     con.execute(RECORD_FACTS_VIEW)
