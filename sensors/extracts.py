@@ -12,11 +12,18 @@ from credit_etl.registry import load_units
 from credit_etl.settings import Settings
 
 
+def _digest(delivery) -> str:
+    """Identify a settled delivery by path, size and modification time, in 16 hex."""
+    text = f"{delivery.rel_path}|{delivery.size_bytes}|{delivery.mtime:.6f}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings):
     """Request one ingest run per new set of settled deliveries.
 
-    The cursor holds a digest of every delivery seen (path, size, modification
-    time), so a restart of the daemon neither loses nor repeats a request.
+    The cursor holds a digest of every delivery in incoming/ (path, size,
+    modification time), so a restart of the daemon neither loses nor repeats a
+    request.
     """
 
     @dg.sensor(
@@ -31,14 +38,16 @@ def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings)
             settings.incoming_dir, load_units(), settings.settle_seconds
         )
         seen = set(json.loads(context.cursor)) if context.cursor else set()
-        current = {
-            f"{d.rel_path}|{d.size_bytes}|{int(d.mtime)}" for d in scan.deliveries
-        }
+        current = {_digest(d) for d in scan.deliveries}
         new = sorted(current - seen)
         if not new:
             return dg.SkipReason(f"no new deliveries among {len(current)} files")
+        # One run lands every new file, so a burst of files is one request; the
+        # run key makes a repeated tick with the same files a no-op.
         run_key = hashlib.sha256("\n".join(new).encode()).hexdigest()[:32]
-        context.update_cursor(json.dumps(sorted(seen | current)))
+        # Files that left incoming/ are dropped from the cursor, so it stays as
+        # large as the folder.
+        context.update_cursor(json.dumps(sorted(current)))
         return dg.RunRequest(
             run_key=run_key, tags={"credit_etl/new_files": str(len(new))}
         )

@@ -276,3 +276,42 @@ def test_figure_checks_reported(settings: Settings) -> None:
     # 市环保局's two penalties: one decided 7 days before receipt, one 14 days.
     assert evaluations["timeliness_above_threshold"].passed
     assert evaluations["columns_unchanged"].passed
+
+
+def test_sensor_burst_is_one_request(settings: Settings) -> None:
+    for serial in range(1000):
+        _write_extract(
+            settings.incoming_dir,
+            "hrss",
+            f"20181020_penalty_{serial:04d}.csv",
+            [f"某公司,91410700736108233M,,新罚〔2018〕{serial}号,2018-10-18"],
+        )
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    repository = definitions.get_repository_def()
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=repository)
+        )
+        restarted = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=first.cursor, repository_def=repository
+            )
+        )
+        _write_extract(
+            settings.incoming_dir,
+            "tax",
+            "20181021_penalty.csv",
+            ["某公司,91410700736108233M,,税罚〔2018〕1号,2018-10-18"],
+        )
+        later = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=restarted.cursor or first.cursor,
+                repository_def=repository,
+            )
+        )
+    assert len(first.run_requests) == 1
+    assert restarted.run_requests == []
+    assert len(later.run_requests) == 1
+    assert later.run_requests[0].run_key != first.run_requests[0].run_key
