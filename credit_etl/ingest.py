@@ -603,9 +603,10 @@ def _validate_and_upsert(
     if rejected:
         con.execute(
             f"""INSERT INTO rejects SELECT $file_id, $path, $unit_id, $category,
-                   sheet, row_no, reject.col, reject.val, reject.why,
+                   k.sheet, k.row_no, k.reject.col, k.reject.val, k.reject.why,
                    {query.record_sql}
-               FROM {checked} WHERE reject IS NOT NULL""",
+               FROM {checked} k JOIN {stage} s ON s.row_no = k.row_no
+               WHERE k.reject IS NOT NULL""",
             {**meta, **query.record_params},
         )
     con.execute(
@@ -622,8 +623,10 @@ def _validate_and_upsert(
 
     valid = rows_read - rejected
     # The last row of a key within the file wins, as a later delivery would.
-    winners = f"""(SELECT * FROM {checked} WHERE reject IS NULL
-        QUALIFY row_number() OVER (PARTITION BY key_hash ORDER BY row_no DESC) = 1)"""
+    winners = f"(SELECT * FROM {checked} WHERE reject IS NULL)"
+    if unique < valid:
+        winners = f"""(SELECT * FROM {checked} WHERE reject IS NULL
+            QUALIFY row_number() OVER (PARTITION BY key_hash ORDER BY row_no DESC) = 1)"""
 
     table = spec.table
     matched = f"matched_{checked}"

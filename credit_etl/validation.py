@@ -28,7 +28,8 @@ from credit_etl.sqlmacros import SPACE_CLASS
 class CheckedQuery:
     sql: str
     params: dict[str, object]
-    # JSON object of every delivered field by header name, for the rejects table.
+    # JSON object of every delivered field by header name, for the rejects table;
+    # it reads the staged columns c0 .. cN, which the checked table leaves out.
     record_sql: str
     record_params: dict[str, object]
 
@@ -334,7 +335,7 @@ WITH src AS (
               OR (id_number IS NOT NULL AND id_problem IS NULL), FALSE) AS subject_ok
     FROM probed
 )
-SELECT *,
+SELECT * EXCLUDE ({everything}),
     CASE {" ".join(rules)} END AS reject,
     nullif(concat_ws(chr(30), {", ".join(flags)}), '') AS flag_text,
     md5_number({params.add(spec.category)} || '|' || ({key_parts})) AS key_hash,
