@@ -22,40 +22,13 @@ from credit_etl.annexes import (
 )
 from credit_etl.periods import Quarter
 from credit_etl.registry import load_units
+from credit_etl.warehouse import FIGURE_COLUMNS
 
 Q4 = Quarter(2018, 4)
 Q2 = Quarter(2019, 2)
 
-COUNT_COLUMNS = (
-    "total_stock",
-    "quarter_increment",
-    "year_stock",
-    "dp_stock",
-    "dp_quarter_increment",
-    "dp_quarter_timely",
-    "dp_year_stock",
-    "dp_year_timely",
-    "redblack_quarter",
-    "redblack_year",
-    "license_q1",
-    "penalty_q1",
-    "license_q2",
-    "penalty_q2",
-    "license_q3",
-    "penalty_q3",
-    "license_q4",
-    "penalty_q4",
-    "license_year",
-    "penalty_year",
-    "license_stock",
-    "penalty_stock",
-    "commitment_voluntary",
-    "commitment_credit_repair",
-    "commitment_approval_substitute",
-    "commitment_self_discipline",
-    "commitment_other_types",
-    "commitment_total",
-)
+# The figures step's count columns, in its table order.
+COUNT_COLUMNS = FIGURE_COLUMNS
 
 # Department names that a spreadsheet would run as formulas if typed in.
 FORMULA_NAMES = {
