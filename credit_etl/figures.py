@@ -123,10 +123,20 @@ def period_params(quarter: Quarter, cutoff: dt.date) -> dict[str, object]:
     return params
 
 
-def _rule_key(settings: Settings) -> str:
-    """Return the settings a figure depends on beyond the records and the cut-off."""
+def _rule_key(con: duckdb.DuckDBPyConnection, settings: Settings) -> str:
+    """Return what figures depend on beyond the records and the cut-off.
+
+    That is the timeliness rule and the registry (kinds and populations), so a
+    changed registry recounts every unit and rewrites the totals.
+    """
     unit = "working" if settings.timeliness_working_days else "calendar"
-    return f"timely<={int(settings.timeliness_days)} {unit} days"
+    registry = con.execute(
+        """SELECT md5(string_agg(unit_id || '/' || kind || '/'
+                                 || coalesce(CAST(population_10k AS VARCHAR), ''),
+                                 ',' ORDER BY unit_id))
+           FROM units"""
+    ).fetchone()[0]
+    return f"timely<={int(settings.timeliness_days)} {unit} days; units {registry}"
 
 
 def _stale_units(
@@ -183,7 +193,7 @@ def compute_figures(
     params = period_params(quarter, cutoff)
     measures = _measures(timely)
     columns = ", ".join(FIGURE_COLUMNS)
-    rule = _rule_key(settings)
+    rule = _rule_key(con, settings)
 
     con.execute("BEGIN TRANSACTION")
     try:

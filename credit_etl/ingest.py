@@ -182,10 +182,13 @@ def ingest_file(
         unit_id=delivery.unit_id,
         category=delivery.category,
     )
+    # A copy counts as a duplicate within the same unit and category; the same
+    # bytes filed for another unit or list are that unit's or list's records.
     earlier = con.execute(
         """SELECT file_id, path FROM ledger
-           WHERE sha256 = ? AND status = 'landed' ORDER BY file_id LIMIT 1""",
-        [fp.sha256],
+           WHERE sha256 = ? AND status = 'landed' AND unit_id = ? AND category = ?
+           ORDER BY file_id LIMIT 1""",
+        [fp.sha256, delivery.unit_id, delivery.category],
     ).fetchone()
     if earlier:
         base.status = STATUS_DUPLICATE

@@ -389,6 +389,7 @@ def _data_rows(
         values: list[str | None] = []
         issue_column: str | None = None
         issue: str | None = None
+        issue_is_code = False
         cells = [""] * start_col + list(row)
         for position in range(width):
             raw = cells[position] if position < len(cells) else ""
@@ -397,8 +398,13 @@ def _data_rows(
             text, too_long = clip_field(text, max_field_chars)
             problem = problem or too_long
             values.append(text)
-            if problem and issue is None:
+            # One issue is kept per row. A problem outside the identifier columns
+            # wins, because an unusable identifier is caught again by its check
+            # while an unusable key or date would otherwise land.
+            is_code = column is not None and column.kind == CODE
+            if problem and (issue is None or (issue_is_code and not is_code)):
                 issue_column, issue = header.names[position], problem
+                issue_is_code = is_code
         if all(value is None for value in values):
             continue
         yield start_row + index + 1, values, issue_column, issue

@@ -257,9 +257,13 @@ def build_checked_sql(
         ),
     ]
 
+    # The individual-business placeholder code names nobody, so a valid ID number
+    # beside it identifies the subject.
     subject_key = (
-        "CASE WHEN uscc IS NOT NULL AND uscc_problem IS NULL THEN 'U:' || uscc "
-        "ELSE 'P:' || id_number END"
+        "CASE WHEN uscc IS NOT NULL AND uscc_problem IS NULL "
+        "AND uscc <> '00000000000000000X' THEN 'U:' || uscc "
+        "WHEN id_number IS NOT NULL AND id_problem IS NULL THEN 'P:' || id_number "
+        "ELSE 'U:' || uscc END"
     )
     key_parts = {
         "license": f"decision_number || '|' || {subject_key}",
@@ -271,9 +275,11 @@ def build_checked_sql(
         "commitment": "coalesce('C:' || commitment_code, "
         f"{subject_key} || '|' || ({type_case or 'commitment_type'}) || '|' || "
         "strftime(commitment_date__d, '%Y-%m-%d'))",
-        "other": "coalesce('R:' || record_id, 'W:' || concat_ws('|', "
-        + ", ".join(f"coalesce(c{pos}, '')" for pos in range(width))
-        + "))",
+        # A JSON array keeps the cell boundaries, so ("a|b", "c") and ("a", "b|c")
+        # stay two rows.
+        "other": "coalesce('R:' || record_id, 'W:' || CAST(to_json(["
+        + ", ".join(f"c{pos}" for pos in range(width))
+        + "]) AS VARCHAR))",
     }[spec.category]
 
     record_params = _Params(prefix="r")
