@@ -267,7 +267,10 @@ INSERT INTO total_figures (period, cutoff, scope, {columns}, dp_quarter_timeline
     dp_year_timeliness, population_10k, per_capita)
 WITH summed AS (
     SELECT CASE WHEN u.kind = 'department' THEN 'department' ELSE 'local' END AS scope,
-           {sums}, sum(u.population_10k) AS population_10k
+           {sums},
+           -- Summed as decimals, so the total does not depend on the order of rows.
+           CAST(sum(CAST(u.population_10k AS DECIMAL(18, 4))) AS DOUBLE)
+               AS population_10k
     FROM unit_figures f JOIN units u USING (unit_id)
     WHERE f.period = $period
     GROUP BY ALL
