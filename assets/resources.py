@@ -15,7 +15,7 @@ from credit_etl.warehouse import connection_config, ensure_schema
 
 
 class CreditEtlSettings(dg.ConfigurableResource):
-    """Where the data directory is; every other path derives from it."""
+    """Location of the data directory, from which every other path derives."""
 
     data_dir: str
 

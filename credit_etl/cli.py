@@ -264,7 +264,7 @@ def _warn_if_no_deliveries(settings: Settings) -> None:
     incoming = settings.incoming_dir
     if not incoming.is_dir() or not any(incoming.iterdir()):
         log.warning(
-            "%s holds no files; every figure will be zero. Units deliver into "
+            "%s contains no files, so every figure will be zero. Units deliver into "
             "incoming/<unit_id>/<YYYYMMDD>_<category>.csv|xlsx",
             incoming,
         )

@@ -182,8 +182,8 @@ def ingest_file(
         unit_id=delivery.unit_id,
         category=delivery.category,
     )
-    # A copy counts as a duplicate within the same unit and category; the same
-    # bytes filed for another unit or list are that unit's or list's records.
+    # A copy counts as a duplicate only within the same unit and category. The
+    # same bytes filed for another unit or list are that unit's or list's records.
     earlier = con.execute(
         """SELECT file_id, path FROM ledger
            WHERE sha256 = ? AND status = 'landed' AND unit_id = ? AND category = ?

@@ -39,7 +39,7 @@ KEY_TEXT = frozenset(
 
 
 class FileError(ValueError):
-    """The whole file cannot be read; the message says why and what to do."""
+    """The whole file cannot be read. The message gives the reason and the fix."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def read_csv_header(path: Path, encoding: str) -> tuple[list[str], str]:
 
 @dataclass
 class HeaderMap:
-    """Where each standard column sits in a delivered header."""
+    """Positions of the standard columns in a delivered header."""
 
     names: list[str]  # delivered header names, by position
     by_key: dict[str, int]  # column key -> position

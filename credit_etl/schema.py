@@ -62,7 +62,7 @@ class Column:
     name_zh: str
     kind: str = TEXT
     aliases: tuple[str, ...] = ()
-    personal: bool = False  # holds a natural person's name or ID number
+    personal: bool = False  # contains a natural person's name or ID number
 
 
 @dataclass(frozen=True)

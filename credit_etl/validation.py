@@ -257,8 +257,8 @@ def build_checked_sql(
         ),
     ]
 
-    # The individual-business placeholder code names nobody, so a valid ID number
-    # beside it identifies the subject.
+    # The individual-business placeholder code identifies no one, so a valid ID
+    # number beside it identifies the subject.
     subject_key = (
         "CASE WHEN uscc IS NOT NULL AND uscc_problem IS NULL "
         "AND uscc <> '00000000000000000X' THEN 'U:' || uscc "

@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS {table} (
 """
 
 
-# What each unit's figures of a period were counted from (see figures.py).
+# Inputs each unit's figures of a period were counted from (see figures.py).
 FIGURE_STATE_DDL = """
 CREATE TABLE IF NOT EXISTS figure_state (
     period VARCHAR NOT NULL,
@@ -137,11 +137,11 @@ CREATE TABLE IF NOT EXISTS figure_state (
 
 
 class WarehouseLockedError(RuntimeError):
-    """Another process holds the warehouse file."""
+    """Another process has the warehouse file open for writing."""
 
 
 def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse with bounded memory; fail fast if another process holds it."""
+    """Open the warehouse with bounded memory, failing fast when another process has it open."""
     settings.ensure_dirs()
     try:
         con = duckdb.connect(

@@ -49,7 +49,7 @@ def deadline_alert_sensor(settings: Settings) -> dg.SensorDefinition:
         quarter = quarter_to_check(now, settings.deadline_day)
         if quarter is None:
             return dg.SkipReason("no quarter's deadline has passed in this quarter yet")
-        # NOTE: this opens the warehouse for writing; while a run holds it, the
+        # NOTE: this opens the warehouse for writing. While a run has it open, the
         # connection fails and the next tick tries again.
         con = connect(settings)
         try:

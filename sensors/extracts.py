@@ -21,7 +21,7 @@ def _digest(delivery) -> str:
 def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings):
     """Request one ingest run per new set of settled deliveries.
 
-    The cursor holds a digest of every delivery in incoming/ (path, size,
+    The cursor contains a digest of every delivery in incoming/ (path, size,
     modification time), so a restart of the daemon neither loses nor repeats a
     request.
     """
@@ -42,7 +42,7 @@ def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings)
         new = sorted(current - seen)
         if not new:
             return dg.SkipReason(f"no new deliveries among {len(current)} files")
-        # One run lands every new file, so a burst of files is one request; the
+        # One run lands every new file, so a burst of files is one request. The
         # run key makes a repeated tick with the same files a no-op.
         run_key = hashlib.sha256("\n".join(new).encode()).hexdigest()[:32]
         # Files that left incoming/ are dropped from the cursor, so it stays as
