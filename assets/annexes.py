@@ -2,11 +2,15 @@
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from assets.figures import quarter_figures
 from assets.partitions import quarter_of, quarterly_partitions
-from assets.resources import CreditEtlSettings, open_warehouse
+from assets.resources import (
+    WAREHOUSE_POOL,
+    CreditEtlSettings,
+    WarehouseResource,
+    open_warehouse,
+)
 from credit_etl.annexes import (
     ANNEXES,
     Annex,
@@ -22,6 +26,7 @@ def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"annex{annex.number}_workbook",
         group_name="annexes",
+        pool=WAREHOUSE_POOL,
         kinds={"excel"},
         partitions_def=quarterly_partitions,
         deps=[quarter_figures],
@@ -33,11 +38,11 @@ def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
     def _asset(
         context: dg.AssetExecutionContext,
         credit_settings: CreditEtlSettings,
-        warehouse: DuckDBResource,
+        warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         settings = credit_settings.load()
         quarter = quarter_of(context)
-        with open_warehouse(warehouse) as con:
+        with open_warehouse(warehouse, context, read_only=True) as con:
             rows = annex_rows(con, quarter, annex.number)
         folder = settings.exports_dir / quarter.label
         folder.mkdir(parents=True, exist_ok=True)
@@ -72,6 +77,7 @@ def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
 
 @dg.asset(
     group_name="annexes",
+    pool=WAREHOUSE_POOL,
     kinds={"excel"},
     partitions_def=quarterly_partitions,
     deps=[quarter_figures],
@@ -84,11 +90,11 @@ def _annex_asset(annex: Annex) -> dg.AssetsDefinition:
 def feedback_workbooks(
     context: dg.AssetExecutionContext,
     credit_settings: CreditEtlSettings,
-    warehouse: DuckDBResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     settings = credit_settings.load()
     quarter = quarter_of(context)
-    with open_warehouse(warehouse) as con:
+    with open_warehouse(warehouse, context, read_only=True) as con:
         paths = write_feedback(con, settings, quarter)
         rejects = con.execute(
             """SELECT r.unit_id, count(*) AS rejected_rows FROM rejects r

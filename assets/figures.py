@@ -5,11 +5,15 @@ import os
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
 from assets.ingest import landed_extracts
 from assets.partitions import quarter_of, quarterly_partitions
-from assets.resources import CreditEtlSettings, open_warehouse
+from assets.resources import (
+    WAREHOUSE_POOL,
+    CreditEtlSettings,
+    WarehouseResource,
+    open_warehouse,
+)
 from credit_etl import checks
 from credit_etl.figures import compute_figures, unit_figures_frame
 from credit_etl.masking import markdown_preview
@@ -96,6 +100,7 @@ class FiguresConfig(dg.Config):
 
 @dg.asset(
     group_name="figures",
+    pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
     partitions_def=quarterly_partitions,
     deps=[landed_extracts],
@@ -114,12 +119,12 @@ def quarter_figures(
     context: dg.AssetExecutionContext,
     config: FiguresConfig,
     credit_settings: CreditEtlSettings,
-    warehouse: DuckDBResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     settings = credit_settings.load()
     quarter = quarter_of(context)
     cutoff = dt.date.fromisoformat(config.cutoff) if config.cutoff else None
-    with open_warehouse(warehouse) as con:
+    with open_warehouse(warehouse, context) as con:
         used_cutoff = compute_figures(con, settings, quarter, cutoff)
         frame = unit_figures_frame(con, quarter)
         check_results = _check_results(con, quarter)

@@ -2,9 +2,13 @@
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 
-from assets.resources import CreditEtlSettings, open_warehouse
+from assets.resources import (
+    WAREHOUSE_POOL,
+    CreditEtlSettings,
+    WarehouseResource,
+    open_warehouse,
+)
 from credit_etl.ingest import ingest_incoming
 from credit_etl.masking import markdown_preview, mask_records, mask_text
 from credit_etl.schema import TABLES
@@ -12,6 +16,7 @@ from credit_etl.schema import TABLES
 
 @dg.asset(
     group_name="ingest",
+    pool=WAREHOUSE_POOL,
     kinds={"duckdb", "python"},
     description=(
         "Every delivered extract under incoming/, validated and landed in the "
@@ -22,10 +27,10 @@ from credit_etl.schema import TABLES
 def landed_extracts(
     context: dg.AssetExecutionContext,
     credit_settings: CreditEtlSettings,
-    warehouse: DuckDBResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     settings = credit_settings.load()
-    with open_warehouse(warehouse) as con:
+    with open_warehouse(warehouse, context) as con:
         report = ingest_incoming(con, settings)
         for problem in report.problems:
             context.log.warning(

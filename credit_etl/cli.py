@@ -22,6 +22,25 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+concurrency:
+  # DuckDB allows one writing process per warehouse file. Every step that opens the
+  # warehouse runs in the pool credit_etl_warehouse, and a pool without a limit of
+  # its own gets this one: backfills, sensor runs and the schedule queue step by
+  # step for the warehouse, while their other work overlaps.
+  pools:
+    default_limit: 1
+    granularity: op
+  runs:
+    max_concurrent_runs: 4
+"""
+
+# The file that earlier versions wrote, replaced when found unchanged.
+EARLIER_DAGSTER_YAML = """\
+# Written by credit-etl; edit freely, it is not overwritten.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
 # DuckDB allows one writing process per warehouse file, so queued runs (backfills,
 # sensor and schedule runs) start one at a time.
 concurrency:
@@ -154,7 +173,10 @@ def prepare_dagster_home(settings: Settings) -> None:
     """Point Dagster at the data directory's home so runs and cursors persist."""
     settings.ensure_dirs()
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
+    if (
+        not config.exists()
+        or config.read_text(encoding="utf-8") == EARLIER_DAGSTER_YAML
+    ):
         config.write_text(DAGSTER_YAML, encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     os.environ[DATA_DIR_ENV] = str(settings.data_dir)
@@ -285,15 +307,12 @@ def _run(args, settings: Settings) -> int:
 
 def _ingest(args, settings: Settings) -> int:
     from credit_etl.ingest import ingest_incoming
-    from credit_etl.warehouse import connect
+    from credit_etl.warehouse import open_warehouse
 
     _require_data_dir(settings)
     _warn_if_no_deliveries(settings)
-    con = connect(settings)
-    try:
+    with open_warehouse(settings, purpose="credit-etl ingest") as con:
         report = ingest_incoming(con, settings)
-    finally:
-        con.close()
     for result in report.results:
         print(
             f"{result.status:9} incoming/{result.rel_path}: read {result.rows_read or 0}, "
@@ -311,7 +330,7 @@ def _ingest(args, settings: Settings) -> int:
 
 def _check_deadlines(args, settings: Settings) -> int:
     from credit_etl.deadlines import check_deadlines
-    from credit_etl.warehouse import connect
+    from credit_etl.warehouse import open_warehouse
 
     quarter = Quarter.parse(args.quarter)
     now = None
@@ -328,23 +347,14 @@ def _check_deadlines(args, settings: Settings) -> int:
     if args.notify:
         from credit_etl.notify import notify_deadlines
 
-        con = connect(settings)
-        try:
+        with open_warehouse(settings, purpose="credit-etl check-deadlines") as con:
             check = check_deadlines(con, settings, quarter, now)
             summary = notify_deadlines(con, settings, quarter, now)
-        finally:
-            con.close()
-    else:
-        con = (
-            connect(settings, read_only=True)
-            if settings.warehouse_path.exists()
-            else None
-        )
-        try:
+    elif settings.warehouse_path.exists():
+        with open_warehouse(settings, read_only=True) as con:
             check = check_deadlines(con, settings, quarter, now)
-        finally:
-            if con is not None:
-                con.close()
+    else:
+        check = check_deadlines(None, settings, quarter, now)
     state = "passed" if check.passed else "not reached yet"
     print(
         f"{quarter.label}: deadline {check.deadline:%Y-%m-%d %H:%M:%S} Asia/Shanghai "
@@ -360,19 +370,16 @@ def _check_deadlines(args, settings: Settings) -> int:
 def _feedback(args, settings: Settings) -> int:
     from credit_etl.feedback import write_feedback
     from credit_etl.figures import compute_figures
-    from credit_etl.warehouse import connect
+    from credit_etl.warehouse import open_warehouse
 
     quarter = Quarter.parse(args.quarter)
-    con = connect(settings)
-    try:
+    with open_warehouse(settings, purpose="credit-etl feedback") as con:
         exists = con.execute(
             "SELECT count(*) FROM unit_figures WHERE period = ?", [quarter.label]
         ).fetchone()[0]
         if not exists:
             compute_figures(con, settings, quarter)
         paths = write_feedback(con, settings, quarter, args.units)
-    finally:
-        con.close()
     print(
         f"{len(paths)} feedback workbooks in {settings.exports_dir / quarter.label / 'feedback'}"
     )
@@ -401,20 +408,17 @@ LEDGER_FIELDS = (
 
 
 def _files(args, settings: Settings) -> int:
-    from credit_etl.warehouse import connect
+    from credit_etl.warehouse import open_warehouse
 
     if not settings.warehouse_path.exists():
         print("no warehouse yet; run `credit-etl ingest` first", file=sys.stderr)
         return 1
-    con = connect(settings, read_only=True)
-    try:
+    with open_warehouse(settings, read_only=True) as con:
         rows = con.execute(
             f"""SELECT l.{", l.".join(LEDGER_FIELDS[:-3])}, d.path, l.notes, l.ingested_at
                 FROM ledger l LEFT JOIN ledger d ON d.file_id = l.duplicate_of
                 ORDER BY l.file_id"""
         ).fetchall()
-    finally:
-        con.close()
     if not rows and not args.json:
         print("the ledger is empty: no file has been ingested yet")
     for row in rows:

@@ -34,6 +34,9 @@ class Settings:
     settle_seconds: float = 5.0
     duckdb_memory_limit: str = "1GB"
     duckdb_threads: int = 2
+    # How long a process waits for another credit-etl process to release the
+    # warehouse before it gives up with the holder's name.
+    lock_wait_seconds: float = 1800.0
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -112,5 +115,6 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
         settle_seconds=float(env.get("CREDIT_ETL_SETTLE_SECONDS", "5")),
         duckdb_memory_limit=env.get("CREDIT_ETL_DUCKDB_MEMORY_LIMIT", "1GB"),
         duckdb_threads=int(env.get("CREDIT_ETL_DUCKDB_THREADS", "2")),
+        lock_wait_seconds=float(env.get("CREDIT_ETL_LOCK_WAIT_SECONDS", "1800")),
         limits=_limits_from_env(env),
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
+from credit_etl.gate import outside_holder, warehouse_gate
 from credit_etl.registry import Unit, load_units
 from credit_etl.schema import TABLES, storage_columns
 from credit_etl.settings import Settings
@@ -137,11 +140,15 @@ CREATE TABLE IF NOT EXISTS figure_state (
 
 
 class WarehouseLockedError(RuntimeError):
-    """Another process has the warehouse file open for writing."""
+    """Another program has the warehouse file open, so DuckDB refuses it."""
 
 
 def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse with bounded memory, failing fast when another process has it open."""
+    """Open the warehouse with bounded memory; fail at once if another program has it.
+
+    This does not queue at the gate: ``open_warehouse`` does, and every process that
+    may run beside others (runs, sensors, the command line) uses that instead.
+    """
     settings.ensure_dirs()
     try:
         con = duckdb.connect(
@@ -153,14 +160,38 @@ def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConne
         message = str(error)
         if "lock" in message.lower():
             raise WarehouseLockedError(
-                f"the warehouse {settings.warehouse_path} is in use by another "
-                f"process: {message}. Wait for that run to finish or stop it."
-            ) from error
+                f"the warehouse {settings.warehouse_path} is open in "
+                f"{outside_holder(message)}. Close that program (for example a "
+                "DuckDB shell or a notebook) and run again; credit-etl's own runs "
+                "wait for each other and never cause this"
+            ) from None
         raise
     if not read_only:
         ensure_schema(con)
     install_macros(con)
     return con
+
+
+@contextmanager
+def open_warehouse(
+    settings: Settings, read_only: bool = False, purpose: str = ""
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Wait for the gate, then open the warehouse; close both on exit.
+
+    Writers wait for every other credit-etl process and readers only for writers,
+    each for at most ``settings.lock_wait_seconds``.
+    """
+    with warehouse_gate(
+        settings.warehouse_path,
+        write=not read_only,
+        wait_seconds=settings.lock_wait_seconds,
+        purpose=purpose,
+    ):
+        con = connect(settings, read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def connection_config(settings: Settings) -> dict[str, str]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
 import dagster as dg
 
 from credit_etl.deadlines import SHANGHAI, deadline_moment
+from credit_etl.gate import WarehouseBusyError
 from credit_etl.notify import (
     load_notify_config,
     notify_deadlines,
@@ -16,8 +18,11 @@ from credit_etl.notify import (
 )
 from credit_etl.periods import Quarter
 from credit_etl.settings import Settings
-from credit_etl.sqlmacros import install_macros
-from credit_etl.warehouse import connect
+from credit_etl.warehouse import open_warehouse
+
+# A sensor tick must end within Dagster's tick timeout, so it waits only briefly for
+# a run that has the warehouse; the next tick tries again.
+SENSOR_WAIT_SECONDS = 20.0
 
 
 def quarter_to_check(now: dt.datetime, deadline_day: int) -> Quarter | None:
@@ -49,14 +54,12 @@ def deadline_alert_sensor(settings: Settings) -> dg.SensorDefinition:
         quarter = quarter_to_check(now, settings.deadline_day)
         if quarter is None:
             return dg.SkipReason("no quarter's deadline has passed in this quarter yet")
-        # NOTE: this opens the warehouse for writing. While a run has it open, the
-        # connection fails and the next tick tries again.
-        con = connect(settings)
+        brief = dataclasses.replace(settings, lock_wait_seconds=SENSOR_WAIT_SECONDS)
         try:
-            install_macros(con)
-            summary = notify_deadlines(con, settings, quarter, now)
-        finally:
-            con.close()
+            with open_warehouse(brief, purpose="deadline_alert_sensor") as con:
+                summary = notify_deadlines(con, settings, quarter, now)
+        except WarehouseBusyError as error:
+            return dg.SkipReason(f"{quarter.label}: not checked this tick: {error}")
         context.log.info(json.dumps(summary.as_dict(), ensure_ascii=False))
         return dg.SkipReason(
             f"{quarter.label}: {len(summary.as_dict().get('silent_units', []))} "
