@@ -8,6 +8,7 @@ that explains why. There is no default server. Every section is optional::
     host = "smtp.example.org"       # required in this section
     port = 587                      # default: 587 with STARTTLS, else 25
     starttls = true                 # default: true
+    ca_file = "/etc/credit-etl/mail-ca.pem"    # optional; see below
     username = "credit-office"      # optional; log in after STARTTLS
     password_env = "CREDIT_ETL_SMTP_PASSWORD"   # or password = "..."
     sender = "credit-etl@example.org"
@@ -27,6 +28,13 @@ that explains why. There is no default server. Every section is optional::
     [alerts]
     reminder_hours = 24             # alert a still-silent unit again after this long
     timeliness_threshold = 0.5      # fraction; without it no timeliness alerts
+
+With ``starttls = true`` the notifier sends STARTTLS after EHLO and verifies the
+server certificate against ``host`` before it logs in or sends. When the server does
+not offer STARTTLS, neither the login nor a message is sent. ``ca_file`` is a PEM file
+of certificate authorities, for a mail server whose certificate an internal authority
+issued. When it is set, only those authorities are trusted and the system store is not
+loaded. A relative path is read from the directory of notify.toml.
 
 Each silent unit is alerted once per kind and quarter, and again only after the
 reminder interval. The table ``alerts_sent`` in the warehouse stores when.
@@ -103,6 +111,9 @@ class EmailConfig:
     sender: str
     recipients: tuple[str, ...]
     starttls: bool = True
+    # PEM file of the certificate authorities that STARTTLS trusts in place of the
+    # system store; None trusts the system store.
+    ca_file: Path | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     digest: bool = False
@@ -360,6 +371,7 @@ _EMAIL_KEYS = (
     "host",
     "port",
     "starttls",
+    "ca_file",
     "username",
     "password",
     "password_env",
@@ -380,6 +392,7 @@ def _parse_email(section: _Section, environ: Mapping[str, str]) -> EmailConfig:
     host = _parse_host(section)
     starttls = section.boolean("starttls", True)
     port = section.integer("port", 587 if starttls else 25, 1, 65535)
+    ca_file = _parse_ca_file(section, starttls)
     sender = section.string("sender", '"credit-etl@example.org"', required=True)
     _check_address(section, "sender", sender)
     recipients = _parse_recipients(section)
@@ -411,6 +424,7 @@ def _parse_email(section: _Section, environ: Mapping[str, str]) -> EmailConfig:
         sender=sender,
         recipients=recipients,
         starttls=starttls,
+        ca_file=ca_file,
         username=username,
         password=password,
         digest=section.boolean("digest", False),
@@ -432,6 +446,44 @@ def _parse_host(section: _Section) -> str:
                 "example port = 587",
             ) from None
     return host
+
+
+def _parse_ca_file(section: _Section, starttls: bool) -> Path | None:
+    text = section.string("ca_file", '"/etc/credit-etl/mail-ca.pem"')
+    if text is None:
+        return None
+    if not starttls:
+        raise section.error(
+            "ca_file",
+            "is set but starttls = false, and the certificate authorities in ca_file "
+            "are used only for STARTTLS; set starttls = true or remove ca_file",
+        )
+    # Relative to notify.toml, so that the UI, the daemon and the command line find the
+    # same file whatever their working directory.
+    path = section.path.parent / text
+    fix = (
+        "give the path of a PEM file with the certificate of the authority that issued "
+        "the mail server's certificate"
+    )
+    try:
+        # Loading the file the way the sender does checks that it exists, is readable
+        # and contains at least one PEM certificate.
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise section.error("ca_file", f"{str(path)!r} was not found; {fix}") from None
+    except IsADirectoryError:
+        raise section.error("ca_file", f"{str(path)!r} is a directory; {fix}") from None
+    except ssl.SSLError:
+        raise section.error(
+            "ca_file", f"{str(path)!r} contains no PEM certificate; {fix}"
+        ) from None
+    except OSError as error:
+        raise section.error(
+            "ca_file",
+            f"{str(path)!r} cannot be read ({error.strerror}); make it readable by the "
+            "user that runs credit-etl",
+        ) from None
+    return path
 
 
 def _check_address(section: _Section, key: str, text: str) -> None:
@@ -1006,11 +1058,14 @@ def _attempt_with_retries(
     backoff_seconds: float,
     attempt: Callable[[], None],
     is_transient: Callable[[BaseException], bool],
+    describe: Callable[[BaseException], str] | None = None,
 ) -> bool:
     """Call ``attempt`` until it succeeds, at most ``attempts`` times, and return success.
 
-    A permanent error, as ``is_transient`` decides, ends the tries at once.
+    A permanent error, as ``is_transient`` decides, ends the tries at once. ``describe``
+    (default ``_describe``) turns an error into the text that is logged and returned.
     """
+    describe = describe or _describe
     for number in range(1, attempts + 1):
         try:
             attempt()
@@ -1023,10 +1078,10 @@ def _attempt_with_retries(
                 result.target,
                 number,
                 attempts,
-                _describe(error),
+                describe(error),
                 "retrying" if retry else "giving up",
             )
-            result.errors.append(f"attempt {number}: {_describe(error)}")
+            result.errors.append(f"attempt {number}: {describe(error)}")
             if not retry:
                 return False
             time.sleep(backoff_seconds * 2 ** (number - 1))
@@ -1060,16 +1115,27 @@ def _send_email(
             for index, alert in enumerate(alerts)
         ]
 
+    context = None
+    if config.starttls:
+        try:
+            context = _tls_context(config)
+        except OSError as error:
+            # Loading notify.toml made the same call, so an error here means that
+            # ca_file was removed or changed since.
+            source = f"ca_file {config.ca_file}" if config.ca_file else "TLS context"
+            problem = f"{source} could not be loaded: {_describe(error)}"
+            log.error("email to %s: %s", config.target, problem)
+            result.errors.append(problem)
+            result.failed = len(pending)
+            return
+
     def attempt() -> None:
         # One connection per attempt; messages accepted before an error are not sent
         # again on the next attempt.
         with smtplib.SMTP(config.host, config.port, timeout=config.timeout) as smtp:
             smtp.ehlo()
-            # NOTE: the tests run only servers without STARTTLS, so the TLS handshake
-            # below is not exercised by them.
-            if config.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-                smtp.ehlo()
+            if context is not None:
+                _start_tls(smtp, config, context)
             if config.username:
                 smtp.login(config.username, config.password or "")
             while pending:
@@ -1094,6 +1160,7 @@ def _send_email(
         config.backoff_seconds,
         attempt,
         _smtp_error_is_transient,
+        lambda error: _describe_smtp_error(error, config),
     )
     result.failed = len(pending)
     if pending:
@@ -1103,6 +1170,63 @@ def _send_email(
             len(pending),
             result.sent + len(pending),
         )
+
+
+def _tls_context(config: EmailConfig) -> ssl.SSLContext:
+    """Create the client context for STARTTLS, which verifies the certificate and host.
+
+    With ``ca_file``, ``create_default_context`` loads only that file and not the
+    system store.
+    """
+    cafile = str(config.ca_file) if config.ca_file is not None else None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _start_tls(
+    smtp: smtplib.SMTP, config: EmailConfig, context: ssl.SSLContext
+) -> None:
+    # smtplib.SMTP.starttls raises the same error type, but its message does not say
+    # that nothing was sent or what to change.
+    if not smtp.has_extn("starttls"):
+        raise smtplib.SMTPNotSupportedError(
+            f"{config.target} does not offer STARTTLS, so nothing was sent; set port to "
+            "the server's submission port (usually 587) or ask its administrator to "
+            "enable STARTTLS"
+        )
+    smtp.starttls(context=context)
+    smtp.ehlo()
+
+
+# OpenSSL verification codes (include/openssl/x509_vfy.h) of a certificate whose
+# issuer is not among the trusted authorities, and of a certificate for another name.
+_X509_UNTRUSTED_ISSUER_CODES = (2, 18, 19, 20, 21)
+_X509_NAME_MISMATCH_CODES = (62, 64)
+
+
+def _describe_smtp_error(error: BaseException, config: EmailConfig) -> str:
+    """Describe an SMTP error, with the fix for a server certificate that failed."""
+    if not isinstance(error, ssl.SSLCertVerificationError):
+        return _describe(error)
+    reason = error.verify_message or str(error)
+    if error.verify_code in _X509_NAME_MISMATCH_CODES:
+        fix = "set host in [email] of notify.toml to a name that the certificate lists"
+    elif error.verify_code in _X509_UNTRUSTED_ISSUER_CODES and config.ca_file is None:
+        fix = (
+            "if an internal certificate authority issued the mail server's "
+            "certificate, set ca_file in [email] of notify.toml to a PEM file with "
+            "that authority's certificate"
+        )
+    elif error.verify_code in _X509_UNTRUSTED_ISSUER_CODES:
+        fix = (
+            f"add the certificate of the authority that issued the mail server's "
+            f"certificate to ca_file {config.ca_file}"
+        )
+    else:
+        fix = "ask the mail server's administrator to replace its certificate"
+    return (
+        f"{type(error).__name__}: the server certificate of {config.host} could not "
+        f"be verified: {reason}; {fix}"
+    )
 
 
 def _smtp_error_is_transient(error: BaseException) -> bool:

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 
 import duckdb
 import pytest
+import trustme
 
 from credit_etl.deadlines import SHANGHAI
 from credit_etl.notify import (
@@ -63,6 +65,7 @@ class ReceivedMail:
     mail_from: str
     recipients: list[str]
     data: bytes
+    tls: bool = False  # whether DATA came after a completed STARTTLS
 
     def parsed(self) -> email.message.EmailMessage:
         return email.message_from_bytes(self.data, policy=email.policy.default)
@@ -74,16 +77,28 @@ class SmtpRecorder:
 
     credentials: tuple[str, str] | None = None
     refuse_connections: int = 0  # reply 421 to the first N connections
+    # Context for the server side of STARTTLS. EHLO offers STARTTLS only when it is set.
+    tls_context: ssl.SSLContext | None = None
+    # True hides AUTH from EHLO and rejects AUTH and MAIL until STARTTLS, like servers
+    # that accept a login only over TLS.
+    require_tls: bool = False
     messages: list[ReceivedMail] = field(default_factory=list)
     logins: list[tuple[str, str]] = field(default_factory=list)
+    commands: list[tuple[str, bool]] = field(default_factory=list)  # (verb, tls)
+    handshake_errors: list[str] = field(default_factory=list)
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SmtpHandler(socketserver.StreamRequestHandler):
-    """One SMTP session: EHLO, AUTH PLAIN and LOGIN, MAIL, RCPT, DATA, RSET, QUIT."""
+    """One SMTP session of the test server.
+
+    Commands: EHLO, HELO, STARTTLS, AUTH PLAIN and LOGIN, MAIL, RCPT, DATA, RSET, NOOP
+    and QUIT.
+    """
 
     server: SmtpServer
+    tls = False
 
     def reply(self, *lines: str) -> None:
         self.wfile.write("".join(f"{line}\r\n" for line in lines).encode())
@@ -114,13 +129,31 @@ class SmtpHandler(socketserver.StreamRequestHandler):
                 return
             verb, _, argument = line.partition(" ")
             verb = verb.upper()
+            with state.lock:
+                state.commands.append((verb, self.tls))
+            tls_missing = state.require_tls and not self.tls
             if verb == "EHLO":
                 lines = ["250-127.0.0.1", "250-8BITMIME"]
-                if state.credentials is not None:
+                if state.tls_context is not None and not self.tls:
+                    lines.append("250-STARTTLS")
+                if state.credentials is not None and not tls_missing:
                     lines.append("250-AUTH PLAIN LOGIN")
                 self.reply(*lines, "250 HELP")
             elif verb == "HELO":
                 self.reply("250 127.0.0.1")
+            elif verb == "STARTTLS" and state.tls_context is not None:
+                if self.tls:
+                    self.reply("503 5.5.1 TLS already active")
+                    continue
+                self.reply("220 2.0.0 ready to start TLS")
+                if not self.start_tls(state.tls_context):
+                    return
+                # RFC 3207 section 4.2: the session starts over after the handshake.
+                authenticated = state.credentials is None
+                mail_from = None
+                recipients = []
+            elif verb in ("AUTH", "MAIL") and tls_missing:
+                self.reply("530 5.7.0 must issue a STARTTLS command first")
             elif verb == "AUTH":
                 authenticated = self.authenticate(argument)
             elif verb == "MAIL":
@@ -140,7 +173,9 @@ class SmtpHandler(socketserver.StreamRequestHandler):
                 self.reply("354 end data with <CR><LF>.<CR><LF>")
                 data = self.read_data()
                 with state.lock:
-                    state.messages.append(ReceivedMail(mail_from, recipients, data))
+                    state.messages.append(
+                        ReceivedMail(mail_from, recipients, data, self.tls)
+                    )
                 mail_from = None
                 recipients = []
                 self.reply("250 OK queued")
@@ -155,6 +190,28 @@ class SmtpHandler(socketserver.StreamRequestHandler):
                 return
             else:
                 self.reply(f"502 {verb} not implemented")
+
+    def start_tls(self, context: ssl.SSLContext) -> bool:
+        """Wrap the connection in TLS and return whether the handshake succeeded."""
+        # The client sends nothing between STARTTLS and the handshake, so the buffered
+        # reader contains no plain-text bytes that closing it could lose.
+        self.rfile.close()
+        try:
+            self.connection = context.wrap_socket(self.connection, server_side=True)
+        except (ssl.SSLError, OSError) as error:
+            with self.server.recorder.lock:
+                self.server.recorder.handshake_errors.append(str(error))
+            return False
+        self.tls = True
+        self.rfile = self.connection.makefile("rb")
+        self.wfile = self.connection.makefile("wb")
+        return True
+
+    def finish(self) -> None:
+        super().finish()
+        if self.connection is not self.request:
+            # socketserver closes only the plain socket, which wrap_socket detached.
+            self.connection.close()
 
     def authenticate(self, argument: str) -> bool:
         state = self.server.recorder
@@ -281,6 +338,33 @@ def smtp_factory() -> Iterator[Callable[..., tuple[SmtpRecorder, int]]]:
             return recorder, port
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """A test certificate authority, which no system store trusts."""
+    return trustme.CA()
+
+
+def server_tls_context(ca: trustme.CA, name: str = "127.0.0.1") -> ssl.SSLContext:
+    """Return a server context with a certificate for ``name`` issued by ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="session")
+def tls_context(tls_ca: trustme.CA) -> ssl.SSLContext:
+    """Server context with a certificate for 127.0.0.1 issued by ``tls_ca``."""
+    return server_tls_context(tls_ca)
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path, tls_ca: trustme.CA) -> Path:
+    """PEM file with the certificate of ``tls_ca``, outside the data directory."""
+    path = tmp_path / "mail-ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return path
 
 
 @pytest.fixture
@@ -632,17 +716,29 @@ def test_failed_alerts_sent_next_check(settings, con, smtp) -> None:
     assert set(sent_rows(con)) == SILENT
 
 
-def test_starttls_unsupported_sends_nothing(settings, con, smtp) -> None:
-    recorder, port = smtp
-    write_config(settings, email_section(port, starttls=True))
+def test_starttls_unsupported_sends_nothing(settings, con, smtp_factory) -> None:
+    recorder, port = smtp_factory(credentials=("credit", "pa55-secret"))
+    write_config(
+        settings,
+        email_section(port, starttls=True, username="credit", password="pa55-secret"),
+    )
 
     summary = run_check(con, settings)
 
     email_result = summary.result.channels["email"]
     assert email_result.failed == 3
+    assert len(email_result.errors) == 1
     assert "SMTPNotSupportedError" in email_result.errors[0]
+    assert (
+        f"smtp://127.0.0.1:{port} does not offer STARTTLS, so nothing was sent"
+        in email_result.errors[0]
+    )
+    assert "submission port" in email_result.errors[0]
     assert recorder.connections == 1
+    assert [verb for verb, _tls in recorder.commands] == ["EHLO", "QUIT"]
+    assert recorder.logins == []
     assert recorder.messages == []
+    assert summary.alerts_recorded == 0
 
 
 # --- login ----------------------------------------------------------------------------
@@ -682,6 +778,133 @@ def test_wrong_password_not_retried(settings, con, smtp_factory, caplog) -> None
     assert "535" in email_result.errors[0]
     assert "wrong-pw" not in caplog.text
     assert "wrong-pw" not in " ".join(email_result.errors)
+
+
+# --- STARTTLS -------------------------------------------------------------------------
+
+
+def test_starttls_login_over_tls(
+    settings, con, smtp_factory, tls_context, ca_file
+) -> None:
+    recorder, port = smtp_factory(
+        credentials=("credit", "pa55-secret"),
+        tls_context=tls_context,
+        require_tls=True,
+    )
+    write_config(
+        settings,
+        email_section(
+            port,
+            starttls=True,
+            ca_file=str(ca_file),
+            username="credit",
+            password="pa55-secret",
+        ),
+    )
+
+    summary = run_check(con, settings)
+
+    email_result = summary.result.channels["email"]
+    assert email_result.errors == []
+    assert email_result.sent == 3
+    assert summary.alerts_recorded == 3
+    assert recorder.handshake_errors == []
+    assert recorder.logins == [("credit", "pa55-secret")]
+    assert [verb for verb, tls in recorder.commands if not tls] == ["EHLO", "STARTTLS"]
+    assert ("EHLO", True) in recorder.commands
+    assert ("AUTH", True) in recorder.commands
+    assert ("DATA", True) in recorder.commands
+    assert len(recorder.messages) == 3
+    assert all(received.tls for received in recorder.messages)
+
+
+def test_starttls_untrusted_ca_retried_later(
+    settings, con, smtp_factory, tls_context, ca_file, caplog
+) -> None:
+    recorder, port = smtp_factory(tls_context=tls_context)
+    write_config(settings, email_section(port, starttls=True))
+
+    with caplog.at_level(logging.WARNING, logger="credit_etl.notify"):
+        failed = run_check(con, settings)
+
+    email_result = failed.result.channels["email"]
+    assert email_result.failed == 3
+    assert len(email_result.errors) == 1
+    error = email_result.errors[0]
+    assert "the server certificate of 127.0.0.1 could not be verified" in error
+    assert "unable to get local issuer certificate" in error
+    assert "set ca_file in [email] of notify.toml" in error
+    assert "could not be verified" in caplog.text
+    assert recorder.connections == 1
+    assert len(recorder.handshake_errors) == 1
+    assert [verb for verb, _tls in recorder.commands] == ["EHLO", "STARTTLS"]
+    assert recorder.messages == []
+    assert failed.alerts_recorded == 0
+    assert sent_rows(con) == {}
+
+    write_config(settings, email_section(port, starttls=True, ca_file=str(ca_file)))
+    retried = run_check(con, settings, AFTER_DEADLINE + dt.timedelta(minutes=1))
+
+    assert len(retried.alerts_due) == 3
+    assert retried.result.channels["email"].errors == []
+    assert len(recorder.messages) == 3
+    assert set(sent_rows(con)) == SILENT
+
+
+def test_starttls_other_ca_names_ca_file(
+    settings, con, smtp_factory, tls_context, tmp_path
+) -> None:
+    recorder, port = smtp_factory(tls_context=tls_context)
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    write_config(settings, email_section(port, starttls=True, ca_file=str(other_ca)))
+
+    summary = run_check(con, settings)
+
+    email_result = summary.result.channels["email"]
+    assert email_result.failed == 3
+    assert len(email_result.errors) == 1
+    assert "could not be verified" in email_result.errors[0]
+    assert f"to ca_file {other_ca}" in email_result.errors[0]
+    assert recorder.messages == []
+    assert summary.alerts_recorded == 0
+
+
+def test_starttls_wrong_host_names_fix(
+    settings, con, smtp_factory, tls_ca, ca_file
+) -> None:
+    context = server_tls_context(tls_ca, "mail.example.org")
+    recorder, port = smtp_factory(tls_context=context)
+    write_config(settings, email_section(port, starttls=True, ca_file=str(ca_file)))
+
+    summary = run_check(con, settings)
+
+    error = summary.result.channels["email"].errors[0]
+    assert "the server certificate of 127.0.0.1 could not be verified" in error
+    assert "IP address mismatch" in error
+    assert "set host in [email] of notify.toml" in error
+    assert recorder.connections == 1
+    assert recorder.messages == []
+
+
+def test_starttls_ca_file_removed_after_load(
+    settings, con, smtp_factory, tls_context, ca_file
+) -> None:
+    recorder, port = smtp_factory(tls_context=tls_context)
+    write_config(settings, email_section(port, starttls=True, ca_file=str(ca_file)))
+    config = load_notify_config(settings.data_dir, environ={})
+    ca_file.unlink()
+
+    summary = notify_deadlines(con, settings, QUARTER, AFTER_DEADLINE, config)
+
+    email_result = summary.result.channels["email"]
+    assert email_result.failed == 3
+    assert email_result.errors == [
+        f"ca_file {ca_file} could not be loaded: FileNotFoundError: "
+        "[Errno 2] No such file or directory"
+    ]
+    assert recorder.connections == 0
+    assert summary.alerts_recorded == 0
 
 
 # --- no configuration -----------------------------------------------------------------
@@ -770,6 +993,16 @@ INVALID_CONFIGS = [
         "[email]\n" + VALID_EMAIL + 'username = "credit"',
         "[email] username is set but no password is",
     ),
+    ("[email]\n" + VALID_EMAIL + 'ca_file = ""', "[email] ca_file is empty"),
+    (
+        "[email]\n" + VALID_EMAIL + "ca_file = 5",
+        "[email] ca_file must be a string, got an integer",
+    ),
+    (
+        "[email]\n" + VALID_EMAIL + 'starttls = false\nca_file = "mail-ca.pem"',
+        "[email] ca_file is set but starttls = false",
+    ),
+    ("[email]\n" + VALID_EMAIL + 'ca_file = "."', "is a directory; give the path"),
     (
         "[email]\n" + VALID_EMAIL + 'password = "x"',
         "[email] username is missing but a password is set",
@@ -851,6 +1084,43 @@ def test_password_type_error_hides_value(settings) -> None:
     assert "123456" not in str(raised.value)
 
 
+def test_missing_ca_file_names_fix(settings) -> None:
+    write_config(settings, "[email]\n" + VALID_EMAIL + 'ca_file = "mail-ca.pem"')
+
+    with pytest.raises(NotifyConfigError) as raised:
+        load_notify_config(settings.data_dir, environ={})
+
+    message = str(raised.value)
+    assert message.startswith(f"{settings.data_dir / 'notify.toml'}: [email] ca_file ")
+    assert f"'{settings.data_dir / 'mail-ca.pem'}' was not found" in message
+    assert (
+        "give the path of a PEM file with the certificate of the authority" in message
+    )
+
+
+def test_ca_file_without_certificate_rejected(settings, tls_ca) -> None:
+    tls_ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(
+        str(settings.data_dir / "mail-ca.pem")
+    )
+    write_config(settings, "[email]\n" + VALID_EMAIL + 'ca_file = "mail-ca.pem"')
+
+    with pytest.raises(NotifyConfigError) as raised:
+        load_notify_config(settings.data_dir, environ={})
+
+    assert "[email] ca_file" in str(raised.value)
+    assert "contains no PEM certificate" in str(raised.value)
+
+
+def test_relative_ca_file_from_data_dir(settings, tls_ca) -> None:
+    tls_ca.cert_pem.write_to_path(str(settings.data_dir / "mail-ca.pem"))
+    write_config(settings, "[email]\n" + VALID_EMAIL + 'ca_file = "mail-ca.pem"')
+
+    config = load_notify_config(settings.data_dir, environ={})
+
+    assert config.email.ca_file == settings.data_dir / "mail-ca.pem"
+    assert config.email.starttls is True
+
+
 def test_valid_config_defaults(settings) -> None:
     write_config(
         settings,
@@ -864,6 +1134,7 @@ def test_valid_config_defaults(settings) -> None:
     assert config.channels == ["email", "webhook"]
     assert config.email.port == 587
     assert config.email.starttls is True
+    assert config.email.ca_file is None
     assert config.email.password == "pw-123"
     assert config.email.digest is False
     assert config.email.attempts == 3
