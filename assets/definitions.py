@@ -22,11 +22,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         INGEST_JOB,
         selection=dg.AssetSelection.groups("ingest"),
         description="Land every new delivery under incoming/ in the warehouse.",
+        executor_def=dg.in_process_executor,
     )
     report_job = dg.define_asset_job(
         REPORT_JOB,
         selection=dg.AssetSelection.groups("figures", "annexes"),
         description="Compute one quarter's figures and write its four annexes.",
+        # Every step opens the warehouse and waits for the pool, so steps in
+        # separate processes would gain nothing and cost an interpreter each.
+        executor_def=dg.in_process_executor,
     )
     return dg.Definitions(
         assets=[landed_extracts, quarter_figures, *annex_assets()],

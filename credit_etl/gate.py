@@ -96,8 +96,15 @@ def warehouse_gate(
         os.close(fd)
         raise
     with _held_guard:
-        _locks_in_process[path] = (fd, write, 1)
-    if write:
+        existing = _locks_in_process.get(path)
+        if existing:
+            # Another thread took a shared lock while this one waited: both locks
+            # are shared, so this thread joins that one and drops its own.
+            _locks_in_process[path] = (existing[0], existing[1], existing[2] + 1)
+            os.close(fd)
+        else:
+            _locks_in_process[path] = (fd, write, 1)
+    if write and not existing:
         _record_holder(warehouse, purpose)
     try:
         yield

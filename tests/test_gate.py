@@ -9,6 +9,7 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -125,3 +126,29 @@ def test_writer_inside_reader_raises(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="open for reading in this process"):
             with warehouse_gate(warehouse, write=True, wait_seconds=1):
                 pass
+
+
+def test_threads_share_one_read_lock(tmp_path: Path) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    barrier = threading.Barrier(8)
+
+    def read() -> None:
+        barrier.wait()
+        for _ in range(2000):
+            with warehouse_gate(warehouse, write=False, wait_seconds=5):
+                pass
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # Every shared lock was released, so a writer in another process gets in.
+    script = (
+        "from pathlib import Path\n"
+        "from credit_etl.gate import warehouse_gate\n"
+        f"with warehouse_gate(Path({str(warehouse)!r}), write=True, wait_seconds=2):\n"
+        "    pass\n"
+    )
+    writer = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=60)
+    assert writer.returncode == 0
