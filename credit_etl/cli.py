@@ -32,6 +32,12 @@ concurrency:
     granularity: op
   runs:
     max_concurrent_runs: 4
+# A run that never got past STARTING (the server stopped while launching it) is
+# marked failed, and the new-extract sensor then requests its files again.
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
 """
 
 # The file that earlier versions wrote, replaced when found unchanged.

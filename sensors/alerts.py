@@ -43,7 +43,7 @@ def deadline_alert_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="deadline_alert_sensor",
         minimum_interval_seconds=3600,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "After each quarter's deadline, alerts once per silent unit (and on "
             "double-publicity timeliness below the threshold) through notify.toml."
@@ -74,7 +74,7 @@ def run_failure_alert_sensor(settings: Settings) -> dg.RunFailureSensorDefinitio
 
     @dg.run_failure_sensor(
         name="run_failure_alert_sensor",
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="Sends an alert through notify.toml when a run fails.",
     )
     def _sensor(context: dg.RunFailureSensorContext) -> None:

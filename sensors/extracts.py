@@ -11,6 +11,9 @@ from credit_etl.discovery import scan_incoming
 from credit_etl.registry import load_units
 from credit_etl.settings import Settings
 
+RUN_KEY_TAG = "dagster/run_key"
+ENDED_WITHOUT_SUCCESS = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
 
 def _digest(delivery) -> str:
     """Identify a settled delivery by path, size and modification time, in 16 hex."""
@@ -18,38 +21,83 @@ def _digest(delivery) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _read_cursor(cursor: str | None) -> dict[str, str]:
+    """Return the cursor as {delivery digest: run key of the run that requested it}."""
+    if not cursor:
+        return {}
+    value = json.loads(cursor)
+    if isinstance(value, list):
+        # Cursors of earlier versions list digests only, without run keys.
+        return {digest: "" for digest in value}
+    return value
+
+
+def _failed_run_keys(instance: dg.DagsterInstance, run_keys: set[str]) -> set[str]:
+    """Return the run keys whose run failed or was canceled before it landed files."""
+    failed = set()
+    for run_key in run_keys:
+        if not run_key:
+            continue
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1
+        )
+        if runs and runs[0].status in ENDED_WITHOUT_SUCCESS:
+            failed.add(run_key)
+    return failed
+
+
 def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings):
     """Request one ingest run per new set of settled deliveries.
 
-    The cursor contains a digest of every delivery in incoming/ (path, size,
-    modification time), so a restart of the daemon neither loses nor repeats a
-    request.
+    The cursor maps the digest of every delivery in incoming/ (path, size,
+    modification time) to the run key that requested it, so a restart of the daemon
+    neither loses nor repeats a request. Deliveries whose run failed or was canceled,
+    for example because the server stopped during the run, are requested again.
     """
+    # NOTE: a run whose process was killed outright stays STARTED, because the
+    # default run launcher cannot check its worker. Marking it failed in the UI makes
+    # the next tick request its files again.
 
     @dg.sensor(
         name="new_extract_sensor",
         job=job,
         minimum_interval_seconds=30,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="Requests an ingest run when new settled files are in incoming/.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
         scan = scan_incoming(
             settings.incoming_dir, load_units(), settings.settle_seconds
         )
-        seen = set(json.loads(context.cursor)) if context.cursor else set()
+        requested = _read_cursor(context.cursor)
         current = {_digest(d) for d in scan.deliveries}
-        new = sorted(current - seen)
-        if not new:
-            return dg.SkipReason(f"no new deliveries among {len(current)} files")
-        # One run lands every new file, so a burst of files is one request. The
-        # run key makes a repeated tick with the same files a no-op.
-        run_key = hashlib.sha256("\n".join(new).encode()).hexdigest()[:32]
         # Files that left incoming/ are dropped from the cursor, so it stays as
         # large as the folder.
-        context.update_cursor(json.dumps(sorted(current)))
+        requested = {d: key for d, key in requested.items() if d in current}
+        failed = _failed_run_keys(context.instance, set(requested.values()))
+        retried = sorted(d for d, key in requested.items() if key in failed)
+        new = sorted(d for d in current if d not in requested or d in retried)
+        if not new:
+            return dg.SkipReason(f"no new deliveries among {len(current)} files")
+        # One run lands every new file, so a burst of files is one request. The key
+        # depends only on the deliveries and the failed runs before it, so a tick
+        # evaluated twice requests the same run and Dagster starts it once.
+        previous = sorted({requested[d] for d in retried})
+        run_key = hashlib.sha256("\n".join([*new, *previous]).encode()).hexdigest()[:32]
+        for digest in new:
+            requested[digest] = run_key
+        context.update_cursor(json.dumps(requested, sort_keys=True))
+        if retried:
+            context.log.info(
+                f"requesting {len(retried)} deliveries again: their run ended without "
+                "success"
+            )
         return dg.RunRequest(
-            run_key=run_key, tags={"credit_etl/new_files": str(len(new))}
+            run_key=run_key,
+            tags={
+                "credit_etl/new_files": str(len(new)),
+                "credit_etl/retried_files": str(len(retried)),
+            },
         )
 
     return _sensor

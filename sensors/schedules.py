@@ -22,7 +22,7 @@ def quarterly_report_schedule(
         cron_schedule=f"0 2 {run_day} 1,4,7,10 *",
         job=job,
         execution_timezone=TIMEZONE,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
         description=(
             f"Materialises the figures and annexes of the quarter that ended last, at "
             f"02:00 on day {run_day} of the following month ({TIMEZONE})."

@@ -1,6 +1,7 @@
 """The code location: loading, asset graph, materialisation, schedule and sensor."""
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -315,3 +316,56 @@ def test_sensor_burst_is_one_request(settings: Settings) -> None:
     assert restarted.run_requests == []
     assert len(later.run_requests) == 1
     assert later.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_sensor_retries_failed_run_files(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    repository = definitions.get_repository_def()
+    job = definitions.resolve_job_def(INGEST_JOB)
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=repository)
+        )
+        request = first.run_requests[0]
+        run = instance.create_run_for_job(
+            job, tags={"dagster/run_key": request.run_key}
+        )
+        unchanged = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=first.cursor, repository_def=repository
+            )
+        )
+        instance.report_run_failed(run)
+        retried = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=first.cursor, repository_def=repository
+            )
+        )
+        again = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=retried.cursor, repository_def=repository
+            )
+        )
+    assert unchanged.run_requests == []
+    assert len(retried.run_requests) == 1
+    assert retried.run_requests[0].run_key != request.run_key
+    assert retried.run_requests[0].tags["credit_etl/retried_files"] == "2"
+    assert again.run_requests == []
+
+
+def test_sensor_reads_digest_list_cursor(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    repository = definitions.get_repository_def()
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=repository)
+        )
+        earlier_cursor = json.dumps(sorted(json.loads(first.cursor)))
+        later = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=earlier_cursor, repository_def=repository
+            )
+        )
+    assert later.run_requests == []
