@@ -8,10 +8,14 @@ import json
 import dagster as dg
 
 from credit_etl.discovery import scan_incoming
+from credit_etl.readers import fingerprint
 from credit_etl.registry import load_units
 from credit_etl.settings import Settings
 
 RUN_KEY_TAG = "dagster/run_key"
+# Bytes of new files hashed in one tick, so that a tick stays within Dagster's
+# sensor timeout. New files beyond it wait for the next tick; one file always goes.
+HASH_BUDGET_BYTES = 1 << 30
 ENDED_WITHOUT_SUCCESS = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
@@ -70,21 +74,48 @@ def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings)
             settings.incoming_dir, load_units(), settings.settle_seconds
         )
         requested = _read_cursor(context.cursor)
-        current = {_digest(d) for d in scan.deliveries}
+        digests = [_digest(d) for d in scan.deliveries]
+        current = set(digests)
         # Files that left incoming/ are dropped from the cursor, so it stays as
         # large as the folder.
         requested = {d: key for d, key in requested.items() if d in current}
         failed = _failed_run_keys(context.instance, set(requested.values()))
-        retried = sorted(d for d, key in requested.items() if key in failed)
-        new = sorted(d for d in current if d not in requested or d in retried)
-        if not new:
+        pending = [
+            (digest, delivery)
+            for digest, delivery in zip(digests, scan.deliveries, strict=True)
+            if requested.get(digest) in failed or digest not in requested
+        ]
+        if not pending:
             return dg.SkipReason(f"no new deliveries among {len(current)} files")
-        # One run lands every new file, so a burst of files is one request. The key
-        # depends only on the deliveries and the failed runs before it, so a tick
-        # evaluated twice requests the same run and Dagster starts it once.
+
+        # One run lands every new file, so a burst of files is one request. The run
+        # key is built from each file's path and sha256 and from the failed runs
+        # before it: a tick evaluated twice requests the same run, which Dagster
+        # starts once, and a file that was only touched makes no new run.
+        lines: list[str] = []
+        chosen: list[str] = []
+        hashed = 0
+        for digest, delivery in pending:
+            if chosen and hashed + delivery.size_bytes > HASH_BUDGET_BYTES:
+                break
+            try:
+                sha256 = fingerprint(delivery.path, sniff_encoding=False).sha256
+            except OSError as error:
+                context.log.warning(
+                    f"incoming/{delivery.rel_path} could not be read: {error}"
+                )
+                continue
+            hashed += delivery.size_bytes
+            lines.append(f"{delivery.rel_path}|{sha256}")
+            chosen.append(digest)
+        if not chosen:
+            return dg.SkipReason("no new delivery could be read; see the warnings")
+        retried = [d for d in chosen if d in requested]
         previous = sorted({requested[d] for d in retried})
-        run_key = hashlib.sha256("\n".join([*new, *previous]).encode()).hexdigest()[:32]
-        for digest in new:
+        run_key = hashlib.sha256(
+            "\n".join([*sorted(lines), *previous]).encode()
+        ).hexdigest()[:32]
+        for digest in chosen:
             requested[digest] = run_key
         context.update_cursor(json.dumps(requested, sort_keys=True))
         if retried:
@@ -95,7 +126,7 @@ def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings)
         return dg.RunRequest(
             run_key=run_key,
             tags={
-                "credit_etl/new_files": str(len(new)),
+                "credit_etl/new_files": str(len(chosen)),
                 "credit_etl/retried_files": str(len(retried)),
             },
         )

@@ -369,3 +369,51 @@ def test_sensor_reads_digest_list_cursor(settings: Settings) -> None:
             )
         )
     assert later.run_requests == []
+
+
+def test_sensor_touched_file_same_run_key(settings: Settings) -> None:
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    repository = definitions.get_repository_def()
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=repository)
+        )
+        for path in settings.incoming_dir.rglob("*.csv"):
+            moment = dt.datetime.now().timestamp() - 60
+            os.utime(path, (moment, moment))
+        touched = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=first.cursor, repository_def=repository
+            )
+        )
+    # Same paths and bytes: the daemon starts no second run for this key.
+    assert touched.run_requests[0].run_key == first.run_requests[0].run_key
+
+
+def test_sensor_splits_burst_by_hash_budget(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sensors import extracts
+
+    monkeypatch.setattr(extracts, "HASH_BUDGET_BYTES", 1)
+    definitions = build_definitions(settings)
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    repository = definitions.get_repository_def()
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=repository)
+        )
+        second = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=first.cursor, repository_def=repository
+            )
+        )
+        third = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=second.cursor, repository_def=repository
+            )
+        )
+    assert first.run_requests[0].tags["credit_etl/new_files"] == "1"
+    assert second.run_requests[0].tags["credit_etl/new_files"] == "1"
+    assert third.run_requests == []
