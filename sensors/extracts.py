@@ -14,7 +14,8 @@ from credit_etl.settings import Settings
 
 RUN_KEY_TAG = "dagster/run_key"
 # Bytes of new files hashed in one tick, so that a tick stays within Dagster's
-# sensor timeout. New files beyond it wait for the next tick; one file always goes.
+# sensor timeout. New files beyond it wait for the next tick, and the first file
+# always goes.
 HASH_BUDGET_BYTES = 1 << 30
 ENDED_WITHOUT_SUCCESS = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
@@ -89,9 +90,9 @@ def new_extract_sensor(job: dg.UnresolvedAssetJobDefinition, settings: Settings)
             return dg.SkipReason(f"no new deliveries among {len(current)} files")
 
         # One run lands every new file, so a burst of files is one request. The run
-        # key is built from each file's path and sha256 and from the failed runs
-        # before it: a tick evaluated twice requests the same run, which Dagster
-        # starts once, and a file that was only touched makes no new run.
+        # key comes from each file's path and sha256 and from the failed runs before
+        # it. So a tick evaluated twice requests the same run, which Dagster starts
+        # once, and a file that was only touched makes no new run.
         lines: list[str] = []
         chosen: list[str] = []
         hashed = 0
