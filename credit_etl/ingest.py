@@ -13,6 +13,7 @@ import json
 import logging
 import stat
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from credit_etl.discovery import Delivery, NameProblem, Scan, scan_incoming
 from credit_etl.masking import mask_text
 from credit_etl.readers import (
     FileError,
+    Fingerprint,
     HeaderMap,
     check_xlsx_container,
     clip_field,
@@ -42,6 +44,9 @@ from credit_etl.validation import build_checked_sql
 log = logging.getLogger(__name__)
 
 XLSX_BATCH_ROWS = 20_000
+# From this many staged rows on, validation uses the longer statement whose short
+# cuts save more time than its planning costs (measured on DuckDB 2.0, 2 cores).
+SHORTCUT_ROWS = 20_000
 
 STATUS_LANDED = "landed"
 STATUS_DUPLICATE = "duplicate"
@@ -101,11 +106,28 @@ def ingest_incoming(
     )
     for problem in scan.problems:
         _record_name_problem(con, problem)
+    pending = [d for d in scan.deliveries if not _unchanged(con, d)]
     results = []
-    for delivery in scan.deliveries:
-        result = ingest_file(con, settings, delivery)
-        if result is not None:
-            results.append(result)
+    # The next file is hashed in a thread while DuckDB lands the current one.
+    # DuckDB releases the GIL while a statement runs, so the two overlap.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint") as pool:
+        ahead: dict[int, Future[Fingerprint]] = {}
+
+        def hash_ahead(index: int) -> None:
+            if index < len(pending):
+                delivery = pending[index]
+                ahead[index] = pool.submit(
+                    fingerprint, delivery.path, delivery.extension == ".csv"
+                )
+
+        hash_ahead(0)
+        for index, delivery in enumerate(pending):
+            hash_ahead(index + 1)
+            result = ingest_file(con, settings, delivery, ahead.pop(index))
+            if result is not None:
+                results.append(result)
+        for future in ahead.values():
+            future.cancel()
     return IngestReport(
         results=results,
         problems=scan.problems,
@@ -147,22 +169,36 @@ def _record_name_problem(con: duckdb.DuckDBPyConnection, problem: NameProblem) -
     )
 
 
+def _unchanged(con: duckdb.DuckDBPyConnection, delivery: Delivery) -> bool:
+    """Return True when a ledger row has this file's path, size and modification time."""
+    found = con.execute(
+        "SELECT 1 FROM ledger WHERE path = ? AND size_bytes = ? AND mtime = ?",
+        [delivery.rel_path, delivery.size_bytes, delivery.mtime],
+    ).fetchone()
+    return found is not None
+
+
 def ingest_file(
-    con: duckdb.DuckDBPyConnection, settings: Settings, delivery: Delivery
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    delivery: Delivery,
+    hashed: Future[Fingerprint] | None = None,
 ) -> FileResult | None:
-    """Ingest one delivery; return None when the same bytes at this path are known."""
+    """Ingest one delivery; return None when the same bytes at this path are known.
+
+    ``hashed`` is the file's fingerprint computed ahead, if any.
+    """
     limits = settings.limits
     sniff = delivery.extension == ".csv"
     print_path = f"incoming/{delivery.rel_path}"
     # A file whose path, size and modification time match a ledger row is not
     # hashed again, so a run with no new files costs one look-up per file.
-    unchanged = con.execute(
-        "SELECT 1 FROM ledger WHERE path = ? AND size_bytes = ? AND mtime = ?",
-        [delivery.rel_path, delivery.size_bytes, delivery.mtime],
-    ).fetchone()
-    if unchanged:
+    if hashed is None and _unchanged(con, delivery):
         return None
-    fp = fingerprint(delivery.path, sniff_encoding=sniff)
+    if hashed is not None:
+        fp = hashed.result()
+    else:
+        fp = fingerprint(delivery.path, sniff_encoding=sniff)
 
     known = con.execute(
         "SELECT file_id FROM ledger WHERE path = ? AND sha256 = ?",
@@ -402,7 +438,14 @@ def _stage_csv(
     header = map_header(spec, names)
     _check_header(spec, header, result)
     width = len(names)
-    if has_interior_blank_line(source):
+    # The fingerprint pass looked for empty lines in the delivered bytes; a
+    # transcoded copy is scanned on its own.
+    blank_lines = (
+        fp.interior_blank_line
+        if source == delivery.path and fp.interior_blank_line is not None
+        else has_interior_blank_line(source)
+    )
+    if blank_lines:
         log.info(
             "incoming/%s has empty lines between records; reading row by row to keep "
             "row numbers",
@@ -583,6 +626,7 @@ def _validate_and_upsert(
     checked: str,
     result: FileResult,
 ) -> dict[str, int]:
+    staged_rows = con.execute(f"SELECT count(*) FROM {stage}").fetchone()[0]
     query = build_checked_sql(
         spec,
         header,
@@ -590,6 +634,7 @@ def _validate_and_upsert(
         checked,
         delivery.received_date,
         settings.limits.max_field_chars,
+        shortcuts=staged_rows >= SHORTCUT_ROWS,
     )
     con.execute(query.sql, query.params)
     meta = {

@@ -56,8 +56,14 @@ def build_checked_sql(
     target: str,
     received_date,
     max_field_chars: int,
+    shortcuts: bool = False,
 ) -> CheckedQuery:
-    """Return SQL creating temp table ``target`` from staged table ``stage``."""
+    """Return SQL creating temp table ``target`` from staged table ``stage``.
+
+    ``shortcuts`` adds tests that let most cells skip a regular expression. They
+    save about a tenth of the statement's run time on a large sheet, but planning
+    the longer statement costs about 13 ms more, which outweighs that on a small one.
+    """
     params = _Params()
     received = params.add(received_date)
     width = len(header.names)
@@ -67,6 +73,11 @@ def build_checked_sql(
         return params.add(header.delivered_name(spec, key))
 
     edge = f"'^{SPACE_CLASS}+|{SPACE_CLASS}+$'"
+
+    def plain_at(text: str) -> str:
+        # The first character of ``text`` is visible ASCII or CJK, so not white space.
+        return f"(ascii({text}) BETWEEN 33 AND 126 OR ascii({text}) BETWEEN 19968 AND 65278)"
+
     # Columns that rules or keys read are trimmed; the rest are stored as delivered.
     checked_keys = {
         *spec.required,
@@ -80,7 +91,15 @@ def build_checked_sql(
             return "CAST(NULL AS VARCHAR)"
         if key not in checked_keys:
             return raw[key]
-        return f"nullif(regexp_replace({raw[key]}, {edge}, '', 'g'), '')"
+        cell = raw[key]
+        if not shortcuts:
+            return f"nullif(regexp_replace({cell}, {edge}, '', 'g'), '')"
+        # Most cells start and end with a visible character and skip the regular
+        # expression. Run on every cell, it takes about 15 % of the statement's time.
+        return (
+            f"nullif(CASE WHEN {plain_at(cell)} AND {plain_at(f'right({cell}, 1)')} "
+            f"THEN {cell} ELSE regexp_replace({cell}, {edge}, '', 'g') END, '')"
+        )
 
     select: list[str] = ["row_no", "sheet", "issue_column", "issue"]
     for column in spec.columns:
@@ -90,10 +109,16 @@ def build_checked_sql(
             select.append(f"{clean(column.key)} AS {column.key}")
     select += [f"c{pos}" for pos in range(width)]
     everything = ", ".join(f"c{pos}" for pos in range(width)) or "NULL"
-    # A row counts when any cell has a character other than white space; the
-    # regular expression runs only on short rows, since long ones have text.
+    # A row counts when any cell has a character other than white space. A cell that
+    # starts with a visible character settles it; otherwise the regular expression
+    # runs, and only on short rows, since long ones have text.
+    visible = ""
+    if shortcuts:
+        visible = " ".join(
+            f"WHEN {plain_at(f'c{pos}')} THEN TRUE" for pos in range(width)
+        )
     non_empty = (
-        f"CASE WHEN coalesce({everything}) IS NULL THEN FALSE "
+        f"CASE {visible} WHEN coalesce({everything}) IS NULL THEN FALSE "
         f"WHEN length(concat_ws('', {everything})) > 64 THEN TRUE "
         f"ELSE regexp_matches(concat_ws('', {everything}), '[^{SPACE_CLASS[1:-1]}]') END"
     )

@@ -1137,3 +1137,28 @@ def test_fresh_file_skipped_until_settled(settings, warehouse, write_extract) ->
     second = run_ingest(settings, warehouse)
     assert [r.status for r in second.results] == ["landed"]
     assert record_count(warehouse) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "interior"),
+    [
+        (b"h\na\n\nb\n", True),
+        (b"h\r\na\r\n\r\nb\r\n", True),
+        (b"h\na\nb\n\n\n", False),
+        (b"h\r\na\r\nb\r\n\r\n", False),
+        (b"h\na\nb", False),
+    ],
+)
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])
+def test_fingerprint_finds_blank_lines(
+    tmp_path, monkeypatch, body: bytes, interior: bool, chunk: int
+) -> None:
+    from credit_etl import readers
+
+    monkeypatch.setattr(readers, "CHUNK", chunk)
+    path = tmp_path / "lines.csv"
+    path.write_bytes(body)
+
+    assert readers.fingerprint(path).interior_blank_line is interior
+    assert readers.has_interior_blank_line(path) is interior
+    assert readers.fingerprint(path, sniff_encoding=False).interior_blank_line is None
