@@ -7,7 +7,9 @@ One run, on one set of files, in this order:
   2. floor: a bare DuckDB CREATE TABLE AS SELECT * FROM read_csv(...) of the UTF-8 CSV
      files, one table per category;
   3. ingest: `credit-etl ingest` of every file;
-  4. report: `credit-etl run --quarter 2018Q4` (no new files, figures and annexes);
+  4. report: `credit-etl run --quarter 2018Q4` (no new files, figures and annexes),
+     whose annex cells are then compared with the values derived from the records
+     and, at scale 1, with the printed bulletin;
   5. re-run: the same command again;
   6. one new file: a small extract for one unit, then the same command.
 Each step runs in its own process, which reports its own peak resident memory. The
@@ -128,6 +130,7 @@ def main() -> int:
 
     started = time.monotonic()
     sys.path.insert(0, str(REPO))
+    from credit_etl.bulletin import compare_annexes
     from credit_etl.demo import write_demo_data
 
     summary = write_demo_data(data_dir / "incoming", scale=args.scale)
@@ -143,6 +146,12 @@ def main() -> int:
     steps["ingest"] = run_step(CLI, "ingest", "--data-dir", str(data_dir))
     report = ["run", "--quarter", "2018Q4", "--data-dir", str(data_dir)]
     steps["report 2018Q4"] = run_step(CLI, *report)
+    comparison = compare_annexes(
+        {n: data_dir / "exports" / "2018Q4" / f"annex{n}.xlsx" for n in range(1, 5)},
+        summary.expected_annexes_path,
+        summary.inconsistent_cells_path,
+        with_printed=args.scale == 1,
+    )
     steps["re-run, no new files"] = run_step(CLI, *report)
     write_small_file(data_dir / "incoming")
     steps["re-run, one new file"] = run_step(CLI, *report)
@@ -162,6 +171,21 @@ def main() -> int:
             f"{name:24} {step['rows']:>13,} {step['seconds']:>9.1f} {rate:>12,.0f} "
             f"{step['peak'] / 2**20:>9.0f} {step['seconds'] / floor:>7.2f}"
         )
+    print(
+        f"annex cells of 2018Q4 equal to the values derived from the records: "
+        f"{comparison.derived_compared - len(comparison.derived_mismatches):,} of "
+        f"{comparison.derived_compared:,}"
+    )
+    if args.scale == 1:
+        print(
+            "annex cells of 2018Q4 equal to the printed bulletin, where it is "
+            f"consistent: {comparison.printed_compared - len(comparison.printed_mismatches):,}"
+            f" of {comparison.printed_compared:,}"
+        )
+    for mismatch in (comparison.derived_mismatches + comparison.printed_mismatches)[
+        :20
+    ]:
+        print(f"  mismatch: {mismatch}")
     if not args.keep and not args.work_dir:
         shutil.rmtree(work)
     print(f"ingest/floor ratio: {steps['ingest']['seconds'] / floor:.2f}")

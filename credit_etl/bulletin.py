@@ -992,3 +992,101 @@ def select_reproduction_units(
         if unit.is_local
         or departments[unit.name_zh]["total_stock"] < REPRODUCTION_STOCK_LIMIT
     ]
+
+
+# --------------------------------------------------------------------------- comparison
+
+# The first row of unit data in an annex workbook, below the title and two header rows.
+FIRST_DATA_ROW = 4
+
+
+@dataclass
+class AnnexComparison:
+    """Annex cells compared with the printed bulletin and with the derived values."""
+
+    printed_compared: int = 0
+    printed_mismatches: list[str] = field(default_factory=list)
+    derived_compared: int = 0
+    derived_mismatches: list[str] = field(default_factory=list)
+
+
+def _as_printed(column: str, value) -> Decimal:
+    """Turn a workbook cell into the number the bulletin prints."""
+    if value is None:
+        return Decimal(0)
+    if column.endswith("_pct"):
+        return (Decimal(str(value)) * 100).quantize(Decimal("0.01"))
+    return Decimal(str(value))
+
+
+def compare_annexes(
+    workbooks: Mapping[int, Path],
+    expected_path: Path,
+    inconsistent_path: Path,
+    unit_names: set[str] | None = None,
+    with_printed: bool = True,
+) -> AnnexComparison:
+    """Compare annex workbooks of 2018Q4 with the bulletin, cell by cell.
+
+    Every cell is compared with the value that the demo generator derived for the
+    records it wrote (``expected_path``). With ``with_printed`` (scale 1), every cell
+    that ``inconsistent_path`` does not list is also compared with the printed
+    bulletin. ``unit_names`` limits the comparison to some units; annex 3's total is
+    then left out, since it covers all departments.
+    """
+    import json
+
+    import openpyxl
+
+    skipped = set()
+    with inconsistent_path.open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            skipped.add((int(row["annex"]), row["unit_name"], row["column"]))
+    expected = json.loads(expected_path.read_text(encoding="utf-8"))
+    result = AnnexComparison()
+    for annex, path in sorted(workbooks.items()):
+        sheet = openpyxl.load_workbook(path, read_only=True).active
+        rows = {
+            row[1]: row
+            for row in sheet.iter_rows(min_row=FIRST_DATA_ROW, values_only=True)
+            if row[1] is not None
+        }
+
+        def in_scope(name: str, annex: int = annex) -> bool:
+            if name == "合计":
+                return unit_names is None or annex != 3
+            return unit_names is None or name in unit_names
+
+        for name, values in expected[str(annex)].items():
+            if not in_scope(name):
+                continue
+            for offset, column in enumerate(ANNEX_COLUMNS[annex]):
+                actual = _as_printed(column, rows[name][2 + offset])
+                result.derived_compared += 1
+                if actual != Decimal(str(values[column])):
+                    result.derived_mismatches.append(
+                        f"annex {annex} {name} {column}: {actual} != derived "
+                        f"{values[column]}"
+                    )
+        if not with_printed:
+            continue
+        with (BULLETIN_DIR / ANNEX_FILES[annex]).open(encoding="utf-8") as handle:
+            printed = {row["unit_name"]: row for row in csv.DictReader(handle)}
+        for name, values in printed.items():
+            if not in_scope(name):
+                continue
+            if name not in rows:
+                result.printed_mismatches.append(f"annex {annex} has no row {name}")
+                continue
+            for offset, column in enumerate(ANNEX_COLUMNS[annex]):
+                # 其他类型 (other_types) is not a column of the printed bulletin.
+                if column not in values or (annex, name, column) in skipped:
+                    continue
+                result.printed_compared += 1
+                actual = _as_printed(column, rows[name][2 + offset])
+                text = values[column].strip()
+                if actual != (Decimal(text) if text else Decimal(0)):
+                    result.printed_mismatches.append(
+                        f"annex {annex} {name} {column}: {actual} != printed {text}"
+                    )
+    return result
