@@ -245,6 +245,9 @@ def _fail_abandoned_runs(instance) -> None:
         instance.report_run_failed(
             run, message="the credit-etl process ended during the run"
         )
+        # A step of the killed run may still hold the warehouse pool's only slot,
+        # and without a daemon nothing else frees it.
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         log.warning("marked run %s as failed: its process %s is gone", run.run_id, pid)
 
 
