@@ -288,7 +288,7 @@ def check_xlsx_container(path: Path, max_uncompressed: int, max_cells: int) -> N
             if cells > max_cells:
                 raise FileError(
                     f"the workbook's sheets declare {cells:,} cells, more than the "
-                    f"limit of {max_cells:,}; split it into several files"
+                    f"limit of {max_cells:,}; split it into several files or save it as CSV"
                 )
     except zipfile.BadZipFile:
         raise FileError(
@@ -319,7 +319,8 @@ def read_workbook(
         if cells > max_cells:
             raise FileError(
                 f"the workbook has {cells:,} cells up to sheet {sheet_name!r}, more "
-                f"than the limit of {max_cells:,}; split it into several files"
+                f"than the limit of {max_cells:,}; split it into several files or save it as "
+                "CSV"
             )
         found = _find_header(sheet, spec)
         if isinstance(found, str):
