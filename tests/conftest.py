@@ -10,6 +10,8 @@ import csv
 import io
 import os
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -186,3 +188,17 @@ def copy_case(settings: Settings, cases_dir: Path) -> Callable[[str], Path]:
         return settings.incoming_dir
 
     return copy
+
+
+def stop_process_group(
+    process: subprocess.Popen, first_signal: int = signal.SIGTERM, wait: float = 30
+) -> None:
+    """Stop a process started in its own session, and its children; kill if it hangs."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, first_signal)
+    try:
+        process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import stop_process_group
 
 from credit_etl.cli import prepare_dagster_home
 from credit_etl.demo import write_demo_data
@@ -69,17 +69,6 @@ def _dagster(settings: Settings, *arguments: str) -> None:
         capture_output=True,
         timeout=180,
     )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def _move_units(staging: Path, incoming: Path, units: list[str]) -> int:
@@ -225,7 +214,7 @@ def test_backfill_sensor_and_reader_overlap(
             intervals = _pool_step_intervals(instance, runs)
     finally:
         reader.stop.set()
-        _stop(daemon)
+        stop_process_group(daemon)
         reader.join(timeout=60)
 
     assert failed == []

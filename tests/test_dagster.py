@@ -318,35 +318,31 @@ def test_sensor_burst_is_one_request(settings: Settings) -> None:
     assert later.run_requests[0].run_key != first.run_requests[0].run_key
 
 
+def _tick(definitions, instance, cursor: str | None = None):
+    """Evaluate the new-extract sensor once, from ``cursor``."""
+    sensor = definitions.resolve_sensor_def("new_extract_sensor")
+    return sensor.evaluate_tick(
+        dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            repository_def=definitions.get_repository_def(),
+        )
+    )
+
+
 def test_sensor_retries_failed_run_files(settings: Settings) -> None:
     definitions = build_definitions(settings)
-    sensor = definitions.resolve_sensor_def("new_extract_sensor")
-    repository = definitions.get_repository_def()
     job = definitions.resolve_job_def(INGEST_JOB)
     with dg.DagsterInstance.ephemeral() as instance:
-        first = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, repository_def=repository)
-        )
+        first = _tick(definitions, instance)
         request = first.run_requests[0]
         run = instance.create_run_for_job(
             job, tags={"dagster/run_key": request.run_key}
         )
-        unchanged = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, repository_def=repository
-            )
-        )
+        unchanged = _tick(definitions, instance, first.cursor)
         instance.report_run_failed(run)
-        retried = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, repository_def=repository
-            )
-        )
-        again = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=retried.cursor, repository_def=repository
-            )
-        )
+        retried = _tick(definitions, instance, first.cursor)
+        again = _tick(definitions, instance, retried.cursor)
     assert unchanged.run_requests == []
     assert len(retried.run_requests) == 1
     assert retried.run_requests[0].run_key != request.run_key
@@ -356,37 +352,21 @@ def test_sensor_retries_failed_run_files(settings: Settings) -> None:
 
 def test_sensor_reads_digest_list_cursor(settings: Settings) -> None:
     definitions = build_definitions(settings)
-    sensor = definitions.resolve_sensor_def("new_extract_sensor")
-    repository = definitions.get_repository_def()
     with dg.DagsterInstance.ephemeral() as instance:
-        first = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, repository_def=repository)
-        )
+        first = _tick(definitions, instance)
         earlier_cursor = json.dumps(sorted(json.loads(first.cursor)))
-        later = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=earlier_cursor, repository_def=repository
-            )
-        )
+        later = _tick(definitions, instance, earlier_cursor)
     assert later.run_requests == []
 
 
 def test_sensor_touched_file_same_run_key(settings: Settings) -> None:
     definitions = build_definitions(settings)
-    sensor = definitions.resolve_sensor_def("new_extract_sensor")
-    repository = definitions.get_repository_def()
     with dg.DagsterInstance.ephemeral() as instance:
-        first = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, repository_def=repository)
-        )
+        first = _tick(definitions, instance)
         for path in settings.incoming_dir.rglob("*.csv"):
             moment = dt.datetime.now().timestamp() - 60
             os.utime(path, (moment, moment))
-        touched = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, repository_def=repository
-            )
-        )
+        touched = _tick(definitions, instance, first.cursor)
     # Same paths and bytes: the daemon starts no second run for this key.
     assert touched.run_requests[0].run_key == first.run_requests[0].run_key
 
@@ -398,22 +378,10 @@ def test_sensor_splits_burst_by_hash_budget(
 
     monkeypatch.setattr(extracts, "HASH_BUDGET_BYTES", 1)
     definitions = build_definitions(settings)
-    sensor = definitions.resolve_sensor_def("new_extract_sensor")
-    repository = definitions.get_repository_def()
     with dg.DagsterInstance.ephemeral() as instance:
-        first = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, repository_def=repository)
-        )
-        second = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, repository_def=repository
-            )
-        )
-        third = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=second.cursor, repository_def=repository
-            )
-        )
+        first = _tick(definitions, instance)
+        second = _tick(definitions, instance, first.cursor)
+        third = _tick(definitions, instance, second.cursor)
     assert first.run_requests[0].tags["credit_etl/new_files"] == "1"
     assert second.run_requests[0].tags["credit_etl/new_files"] == "1"
     assert third.run_requests == []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import stop_process_group
 
 from credit_etl.cli import prepare_dagster_home
 from credit_etl.demo import write_demo_data
@@ -83,14 +84,7 @@ def _start_server(settings: Settings, port: int, log: Path) -> subprocess.Popen:
 
 
 def _stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGINT)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
+    stop_process_group(server, signal.SIGINT, wait=60)
 
 
 def _quarter_files(staging: Path) -> list[Path]:
