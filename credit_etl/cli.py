@@ -25,8 +25,8 @@ nux:
 concurrency:
   # DuckDB allows one writing process per warehouse file. Every step that opens the
   # warehouse runs in the pool credit_etl_warehouse, and a pool without a limit of
-  # its own gets this one: backfills, sensor runs and the schedule queue step by
-  # step for the warehouse, while their other work overlaps.
+  # its own gets this one. So backfills, sensor runs and the schedule take turns at
+  # the warehouse, step by step, while their other work overlaps.
   pools:
     default_limit: 1
     granularity: op
@@ -168,7 +168,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ui = command("ui", _ui, "Start the Dagster UI on this data directory.")
     ui.add_argument("--port", type=int, default=3000, help="TCP port (default 3000)")
-    ui.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     return parser
 
 
@@ -196,8 +198,23 @@ def run_quarter(
     import dagster as dg
 
     from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
-    from assets.partitions import partition_key
+    from assets.partitions import partition_key, quarterly_partitions
+    from credit_etl.warehouse import open_warehouse
 
+    key = partition_key(quarter)
+    if not quarterly_partitions.has_partition_key(key):
+        first = quarterly_partitions.get_first_partition_key()
+        last = quarterly_partitions.get_last_partition_key()
+        raise ValueError(
+            f"{quarter.label} cannot be reported: quarters run from "
+            f"{Quarter.containing(dt.date.fromisoformat(first)).label} to "
+            f"{Quarter.containing(dt.date.fromisoformat(last)).label}, and a quarter "
+            "is reported once it has ended"
+        )
+    # A warehouse held by another program fails here with its name, before a
+    # Dagster run is recorded as failed.
+    with open_warehouse(settings, purpose="credit-etl run"):
+        pass
     definitions = build_definitions(settings)
     with dg.DagsterInstance.get() as instance:
         _fail_abandoned_runs(instance)
@@ -214,7 +231,7 @@ def run_quarter(
             run_config["ops"] = {"quarter_figures": figures_config}
         report = definitions.resolve_job_def(REPORT_JOB).execute_in_process(
             instance=instance,
-            partition_key=partition_key(quarter),
+            partition_key=key,
             run_config=run_config,
             tags={**tags, "credit_etl/quarter": quarter.label},
             raise_on_error=False,
@@ -468,10 +485,21 @@ def _demo(args, settings: Settings) -> int:
 
     settings.ensure_dirs()
     started = time.monotonic()
-    summary = write_demo_data(settings.incoming_dir, scale=args.scale)
-    print(
-        f"demo data: {summary.total_records:,} records in {len(summary.files):,} files"
-    )
+    delivered = [p for p in settings.incoming_dir.rglob("*") if p.is_file()]
+    if delivered:
+        # A second run reports on what is there: writing demo files again would
+        # deliver every record a second time.
+        print(
+            f"{settings.incoming_dir} already holds {len(delivered):,} files; "
+            "reporting on them (`make clean-data` removes the data directory to "
+            "start over)"
+        )
+    else:
+        summary = write_demo_data(settings.incoming_dir, scale=args.scale)
+        print(
+            f"demo data: {summary.total_records:,} records in "
+            f"{len(summary.files):,} files"
+        )
     # The demo files were complete when written, so they need not settle.
     os.environ["CREDIT_ETL_SETTLE_SECONDS"] = "0"
     settings = load_settings(settings.data_dir)

@@ -261,9 +261,16 @@ def ingest_file(
         _write_ledger(con, delivery, fp, base, file_id=file_id)
         con.execute("COMMIT")
         in_transaction = False
-    except FileError as error:
+    except (FileError, UnicodeDecodeError) as error:
         if in_transaction:
             con.execute("ROLLBACK")
+        if isinstance(error, UnicodeDecodeError):
+            error = FileError(
+                f"the file is not valid {fp.encoding}: the bytes "
+                f"{error.object[error.start : error.start + 4]!r} cannot be decoded. "
+                "Save it again as UTF-8 (CSV UTF-8), or as GB18030 without a "
+                "byte-order mark"
+            )
         base = FileResult(
             rel_path=delivery.rel_path,
             status=STATUS_FAILED,
@@ -554,7 +561,9 @@ def _stage_csv_exact(
                     f"the row has {len(fields)} fields but the header has {width}; "
                     "check for a missing or extra comma, or a quote that is not closed"
                 )
-            values = (fields + [None] * width)[:width]
+            # Empty fields become NULL, as DuckDB's reader makes them, so a row
+            # gets the same key whichever reader parsed it.
+            values = ([f if f != "" else None for f in fields] + [None] * width)[:width]
             for position, value in enumerate(values):
                 clipped, too_long = clip_field(value, max_field_chars)
                 values[position] = clipped

@@ -111,7 +111,7 @@ def build_checked_sql(
     everything = ", ".join(f"c{pos}" for pos in range(width)) or "NULL"
     # A row counts when any cell has a character other than white space. A cell that
     # starts with a visible character settles it; otherwise the regular expression
-    # runs, and only on short rows, since long ones have text.
+    # runs over the row's cells.
     visible = ""
     if shortcuts:
         visible = " ".join(
@@ -119,7 +119,6 @@ def build_checked_sql(
         )
     non_empty = (
         f"CASE {visible} WHEN coalesce({everything}) IS NULL THEN FALSE "
-        f"WHEN length(concat_ws('', {everything})) > 64 THEN TRUE "
         f"ELSE regexp_matches(concat_ws('', {everything}), '[^{SPACE_CLASS[1:-1]}]') END"
     )
     # Parsing is bound only for date columns the file has, since each ce_date

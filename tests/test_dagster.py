@@ -385,3 +385,42 @@ def test_sensor_splits_burst_by_hash_budget(
     assert first.run_requests[0].tags["credit_etl/new_files"] == "1"
     assert second.run_requests[0].tags["credit_etl/new_files"] == "1"
     assert third.run_requests == []
+
+
+@pytest.mark.parametrize("quarter", ["2099Q1", "2015Q4"])
+def test_run_outside_partitions_names_range(
+    settings: Settings, quarter: str, capsys: pytest.CaptureFixture
+) -> None:
+    from credit_etl.cli import main
+
+    code = main(["run", "--quarter", quarter, "--data-dir", str(settings.data_dir)])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"{quarter} cannot be reported" in error
+    assert "quarters run from 2016Q1" in error
+
+
+@pytest.mark.slow
+def test_demo_again_reports_existing_files(
+    settings: Settings, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from credit_etl.cli import main
+
+    # The command points the process at its data directory; the test puts it back.
+    for variable in (
+        "DAGSTER_HOME",
+        "CREDIT_ETL_DATA_DIR",
+        "CREDIT_ETL_SETTLE_SECONDS",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    code = main(["demo", "--data-dir", str(settings.data_dir)])
+
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "already holds 2 files; reporting on them" in output
+    assert (settings.exports_dir / "2018Q4" / "annex1.xlsx").exists()
+    assert sorted(p.name for p in settings.incoming_dir.rglob("*.csv")) == [
+        "20180520_penalty.csv",
+        "20181015_penalty.csv",
+    ]

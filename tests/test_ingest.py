@@ -1162,3 +1162,118 @@ def test_fingerprint_finds_blank_lines(
     assert readers.fingerprint(path).interior_blank_line is interior
     assert readers.has_interior_blank_line(path) is interior
     assert readers.fingerprint(path, sniff_encoding=False).interior_blank_line is None
+
+
+@pytest.mark.parametrize("empty_rows", [0, 1, 2])
+@pytest.mark.parametrize("empty_columns", [0, 1])
+def test_xlsx_row_numbers_below_empty_rows(
+    settings, warehouse, deliver, empty_rows: int, empty_columns: int
+) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    top = empty_rows + 1
+    left = empty_columns + 1
+    sheet.cell(top, left, "行政处罚信息表")
+    sheet.merge_cells(
+        start_row=top, start_column=left, end_row=top, end_column=left + 3
+    )
+    names = ["行政相对人名称", "统一社会信用代码", "行政处罚决定书文号", "处罚决定日期"]
+    for offset, name in enumerate(names):
+        # A two-row header: each name merged over the row below it.
+        sheet.cell(top + 1, left + offset, name)
+        sheet.merge_cells(
+            start_row=top + 1,
+            start_column=left + offset,
+            end_row=top + 2,
+            end_column=left + offset,
+        )
+    rows = [
+        ["新乡市甲公司", "91410700736108233M", "E1", "2018-02-30"],
+        ["新乡市乙公司", "91410700736108233M", "E2", "2018-10-05"],
+    ]
+    for index, row in enumerate(rows):
+        for offset, value in enumerate(row):
+            sheet.cell(top + 3 + index, left + offset, value)
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    deliver("environment/20181015_penalty.xlsx", buffer.getvalue())
+
+    run_ingest(settings, warehouse)
+
+    rejected = warehouse.execute("SELECT row_no FROM rejects").fetchall()
+    landed = warehouse.execute(
+        "SELECT decision_number, row_no FROM rec_penalty"
+    ).fetchall()
+    assert rejected == [(top + 3,)]
+    assert landed == [("E2", top + 4)]
+
+
+def test_bom_with_invalid_bytes_fails_file_only(settings, warehouse, deliver) -> None:
+    header = ",".join(PENALTY_HEADER)
+    body = f"{header}\n{','.join(penalty_row('U1'))}".encode() + b"\xe9\n"
+    deliver("environment/20181015_penalty.csv", codecs.BOM_UTF8 + body)
+    deliver(
+        "tax/20181016_penalty.csv",
+        f"{header}\n{','.join(penalty_row('T1'))}\n".encode(),
+    )
+
+    report = run_ingest(settings, warehouse)
+
+    statuses = {r.rel_path: r.status for r in report.results}
+    assert statuses == {
+        "environment/20181015_penalty.csv": "failed",
+        "tax/20181016_penalty.csv": "landed",
+    }
+    failed = next(r for r in report.results if r.status == "failed")
+    assert "cannot be decoded" in failed.error
+    assert "UTF-8" in failed.error
+
+
+def test_long_white_space_row_skipped(settings, warehouse, deliver) -> None:
+    blank = ",".join(["\u3000" * 17] * len(PENALTY_HEADER))
+    lines = [
+        ",".join(PENALTY_HEADER),
+        ",".join(penalty_row("L1")),
+        blank,
+        ",".join(penalty_row("L2")),
+    ]
+    deliver("environment/20181015_penalty.csv", ("\n".join(lines) + "\n").encode())
+
+    result = only_result(run_ingest(settings, warehouse))
+
+    assert result.rows_read == 2
+    assert result.rows_rejected == 0
+
+
+def test_empty_cells_same_key_either_reader(settings, warehouse, deliver) -> None:
+    header = "主体名称,统一社会信用代码,备注"
+    rows = [f"甲公司,{USCC},", f"乙公司,{USCC_2},说明"]
+    deliver(
+        "hrss/20181015_other.csv", (header + "\n" + "\n".join(rows) + "\n").encode()
+    )
+    # The same rows with an empty line between them take the row-by-row reader.
+    deliver(
+        "hrss/20181016_other.csv",
+        (header + "\n" + "\n\n".join(rows) + "\n").encode(),
+    )
+
+    report = run_ingest(settings, warehouse)
+
+    second = next(r for r in report.results if r.rel_path.endswith("16_other.csv"))
+    assert second.rows_landed == 0
+    assert second.rows_repeated == 2
+    assert record_count(warehouse) == 2
+
+
+def test_cr_line_ends_keep_row_numbers(settings, warehouse, deliver) -> None:
+    lines = [
+        ",".join(PENALTY_HEADER),
+        ",".join(penalty_row("C1")),
+        "",
+        ",".join(penalty_row("C2", decided="2018-02-30")),
+    ]
+    deliver("environment/20181015_penalty.csv", ("\r".join(lines) + "\r").encode())
+
+    run_ingest(settings, warehouse)
+
+    assert list(rejects(warehouse)) == [4]
