@@ -190,16 +190,9 @@ def prepare_dagster_home(settings: Settings) -> None:
     os.environ[DATA_DIR_ENV] = str(settings.data_dir)
 
 
-def run_quarter(
-    settings: Settings, quarter: Quarter, cutoff: dt.date | None
-) -> list[Path]:
-    """Run the ingest job, then the quarterly report job, recorded in the Dagster home."""
-    prepare_dagster_home(settings)
-    import dagster as dg
-
-    from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
+def require_reportable(quarter: Quarter) -> str:
+    """Return the quarter's partition key, or raise if the report has no such quarter."""
     from assets.partitions import partition_key, quarterly_partitions
-    from credit_etl.warehouse import open_warehouse
 
     key = partition_key(quarter)
     if not quarterly_partitions.has_partition_key(key):
@@ -211,6 +204,20 @@ def run_quarter(
             f"{Quarter.containing(dt.date.fromisoformat(last)).label}, and a quarter "
             "is reported once it has ended"
         )
+    return key
+
+
+def run_quarter(
+    settings: Settings, quarter: Quarter, cutoff: dt.date | None
+) -> list[Path]:
+    """Run the ingest job, then the quarterly report job, recorded in the Dagster home."""
+    prepare_dagster_home(settings)
+    import dagster as dg
+
+    from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
+    from credit_etl.warehouse import open_warehouse
+
+    key = require_reportable(quarter)
     # A warehouse held by another program fails here with its name, before a
     # Dagster run is recorded as failed.
     with open_warehouse(settings, purpose="credit-etl run"):
@@ -399,6 +406,7 @@ def _feedback(args, settings: Settings) -> int:
     from credit_etl.warehouse import open_warehouse
 
     quarter = Quarter.parse(args.quarter)
+    require_reportable(quarter)
     with open_warehouse(settings, purpose="credit-etl feedback") as con:
         exists = con.execute(
             "SELECT count(*) FROM unit_figures WHERE period = ?", [quarter.label]

@@ -30,6 +30,7 @@ from credit_etl.readers import (
     clip_field,
     fingerprint,
     has_interior_blank_line,
+    line_of_offset,
     map_header,
     missing_required,
     read_csv_header,
@@ -438,7 +439,20 @@ def _stage_csv(
     encoding = fp.encoding
     if encoding not in ("utf-8", "utf-8-sig"):
         target = settings.temp_dir / f"transcoded-{fp.sha256[:16]}.csv"
-        transcode_to_utf8(delivery.path, encoding, target)
+        try:
+            transcode_to_utf8(delivery.path, encoding, target)
+        except FileError:
+            # Neither UTF-8 nor GB18030. A file that is UTF-8 for its first kilobyte
+            # is most likely UTF-8 with a damaged byte, so that byte is named.
+            damaged = fp.utf8_error_offset
+            if encoding != "gb18030" or damaged is None or damaged < 1024:
+                raise
+            raise FileError(
+                f"the file is UTF-8 up to byte {damaged:,} (row "
+                f"{line_of_offset(delivery.path, damaged)}), where a byte is not "
+                "valid UTF-8, and it is not GB18030 either. Retype or delete the "
+                "character at that place and send the file again as UTF-8"
+            ) from None
         source = target
         encoding = "utf-8"
     names, delimiter = read_csv_header(source, "utf-8-sig")

@@ -50,6 +50,9 @@ class Fingerprint:
     # Whether an empty line comes before the last line with content, in the raw
     # bytes; None when the encoding was not sniffed (XLSX and other binary files).
     interior_blank_line: bool | None = None
+    # Offset of the first byte that is not UTF-8, within about 3 bytes (the decoder
+    # keeps an unfinished character from the chunk before); None when all of it is.
+    utf8_error_offset: int | None = None
 
 
 # An empty line: two line ends in a row, LF or CRLF, or CR alone as older Mac Excel
@@ -101,6 +104,7 @@ def fingerprint(path: Path, sniff_encoding: bool = True) -> Fingerprint:
     utf8 = codecs.getincrementaldecoder("utf-8")("strict")
     utf8_ok = sniff_encoding
     blank_lines = _BlankLineScan() if sniff_encoding else None
+    utf8_error: int | None = None
     with path.open("rb") as handle:
         first = True
         while chunk := handle.read(CHUNK):
@@ -117,13 +121,15 @@ def fingerprint(path: Path, sniff_encoding: bool = True) -> Fingerprint:
             if utf8_ok:
                 try:
                     utf8.decode(chunk)
-                except UnicodeDecodeError:
+                except UnicodeDecodeError as error:
                     utf8_ok = False
+                    utf8_error = size - len(chunk) + max(error.start, 0)
         if utf8_ok:
             try:
                 utf8.decode(b"", final=True)
             except UnicodeDecodeError:
                 utf8_ok = False
+                utf8_error = size
     if encoding is None:
         encoding = "utf-8" if utf8_ok or not sniff_encoding else "gb18030"
     return Fingerprint(
@@ -131,6 +137,7 @@ def fingerprint(path: Path, sniff_encoding: bool = True) -> Fingerprint:
         encoding,
         size,
         blank_lines.result() if blank_lines is not None else None,
+        utf8_error if sniff_encoding else None,
     )
 
 
@@ -501,3 +508,14 @@ def cell_to_text(value, column: Column | None) -> tuple[str | None, str | None]:
             return str(int(number)), None
         return repr(number) if isinstance(value, float) else str(value), None
     return str(value), None
+
+
+def line_of_offset(path: Path, offset: int) -> int:
+    """Return the 1-based line that holds byte ``offset`` of a file."""
+    line = 1
+    with path.open("rb") as handle:
+        remaining = offset
+        while remaining > 0 and (chunk := handle.read(min(CHUNK, remaining))):
+            line += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return line

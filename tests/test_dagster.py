@@ -393,12 +393,16 @@ def test_run_outside_partitions_names_range(
 ) -> None:
     from credit_etl.cli import main
 
-    code = main(["run", "--quarter", quarter, "--data-dir", str(settings.data_dir)])
+    for command in ("run", "feedback"):
+        code = main(
+            [command, "--quarter", quarter, "--data-dir", str(settings.data_dir)]
+        )
 
-    assert code == 2
-    error = capsys.readouterr().err
-    assert f"{quarter} cannot be reported" in error
-    assert "quarters run from 2016Q1" in error
+        assert code == 2
+        error = capsys.readouterr().err
+        assert f"{quarter} cannot be reported" in error
+        assert "quarters run from 2016Q1" in error
+    assert not (settings.exports_dir / quarter).exists()
 
 
 @pytest.mark.slow

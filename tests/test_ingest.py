@@ -1277,3 +1277,19 @@ def test_cr_line_ends_keep_row_numbers(settings, warehouse, deliver) -> None:
     run_ingest(settings, warehouse)
 
     assert list(rejects(warehouse)) == [4]
+
+
+def test_damaged_utf8_names_row(settings, warehouse, deliver) -> None:
+    header = ",".join(PENALTY_HEADER)
+    rows = "".join(",".join(penalty_row(f"D{n}")) + "\n" for n in range(200))
+    damaged = ",".join(penalty_row("BAD")).encode() + b"\xff\n"
+    deliver(
+        "environment/20181015_penalty.csv",
+        (header + "\n" + rows).encode() + damaged + rows.encode(),
+    )
+
+    result = only_result(run_ingest(settings, warehouse))
+
+    assert result.status == "failed"
+    assert "(row 202)" in result.error
+    assert "not valid UTF-8" in result.error
