@@ -511,7 +511,7 @@ def cell_to_text(value, column: Column | None) -> tuple[str | None, str | None]:
 
 
 def line_of_offset(path: Path, offset: int) -> int:
-    """Return the 1-based line that holds byte ``offset`` of a file."""
+    """Return the 1-based line number of byte ``offset`` in a file."""
     line = 1
     with path.open("rb") as handle:
         remaining = offset

@@ -18,8 +18,9 @@ class Limits:
     """Refusal thresholds for a delivered file, each recorded in the ledger."""
 
     max_file_bytes: int = 4 * 1024**3
-    # python-calamine holds a sheet in memory, about 80 bytes a cell (a 1,000,000-row,
-    # 14-column sheet peaked at 1.5 GiB), so this keeps an XLSX ingest under 2 GiB.
+    # python-calamine keeps a whole sheet in memory, about 80 bytes a cell: a
+    # 1,000,000-row, 14-column sheet peaked at 1.5 GiB. This keeps XLSX ingest
+    # under 2 GiB.
     max_xlsx_cells: int = 20_000_000
     max_xlsx_uncompressed_bytes: int = 2 * 1024**3
     max_field_chars: int = 4_000

@@ -21,7 +21,7 @@ from credit_etl.settings import Settings
 from credit_etl.warehouse import open_warehouse
 
 # A sensor tick must end within Dagster's tick timeout, so it waits only briefly for
-# a run that has the warehouse; the next tick tries again.
+# a run that has the warehouse. The next tick tries again.
 SENSOR_WAIT_SECONDS = 20.0
 
 
