@@ -218,8 +218,8 @@ def run_quarter(
     from credit_etl.warehouse import open_warehouse
 
     key = require_reportable(quarter)
-    # A warehouse held by another program fails here with its name, before a
-    # Dagster run is recorded as failed.
+    # A warehouse that another program has open fails here, with that program's
+    # name, before a Dagster run is recorded as failed.
     with open_warehouse(settings, purpose="credit-etl run"):
         pass
     definitions = build_definitions(settings)
@@ -269,7 +269,7 @@ def _fail_abandoned_runs(instance) -> None:
         instance.report_run_failed(
             run, message="the credit-etl process ended during the run"
         )
-        # A step of the killed run may still hold the warehouse pool's only slot,
+        # A step of the killed run may have claimed the warehouse pool's only slot,
         # and without a daemon nothing else frees it.
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         log.warning("marked run %s as failed: its process %s is gone", run.run_id, pid)

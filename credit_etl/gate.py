@@ -32,10 +32,10 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 
-# Locks this process holds, by gate path: flock locks belong to an open file, so a
-# second acquisition in the same process would wait for itself.
+# Gate locks taken by this process, by gate path. An flock lock belongs to an open
+# file, so a second acquisition in the same process would wait for itself.
 _locks_in_process: dict[Path, tuple[int, bool, int]] = {}
-_held_guard = threading.Lock()
+_locks_guard = threading.Lock()
 
 
 class WarehouseBusyError(RuntimeError):
@@ -69,7 +69,7 @@ def warehouse_gate(
 ) -> Iterator[None]:
     """Hold the gate for writing or reading; wait at most ``wait_seconds`` for it."""
     path = gate_path(warehouse)
-    with _held_guard:
+    with _locks_guard:
         existing = _locks_in_process.get(path)
         if existing and (existing[1] or not write):
             _locks_in_process[path] = (existing[0], existing[1], existing[2] + 1)
@@ -95,11 +95,11 @@ def warehouse_gate(
     except BaseException:
         os.close(fd)
         raise
-    with _held_guard:
+    with _locks_guard:
         existing = _locks_in_process.get(path)
         if existing:
-            # Another thread took a shared lock while this one waited: both locks
-            # are shared, so this thread joins that one and drops its own.
+            # Another thread took a shared lock while this one waited. Both locks are
+            # shared, so this thread joins that one and closes its own.
             _locks_in_process[path] = (existing[0], existing[1], existing[2] + 1)
             os.close(fd)
         else:
@@ -160,7 +160,7 @@ def _record_holder(warehouse: Path, purpose: str) -> None:
 
 
 def _release(path: Path) -> None:
-    with _held_guard:
+    with _locks_guard:
         fd, write, count = _locks_in_process[path]
         if count > 1:
             _locks_in_process[path] = (fd, write, count - 1)

@@ -459,7 +459,7 @@ def _stage_csv(
     header = map_header(spec, names)
     _check_header(spec, header, result)
     width = len(names)
-    # The fingerprint pass looked for empty lines in the delivered bytes; a
+    # The fingerprint pass looked for empty lines in the delivered bytes. A
     # transcoded copy is scanned on its own.
     blank_lines = (
         fp.interior_blank_line

@@ -47,11 +47,11 @@ class Fingerprint:
     sha256: str
     encoding: str  # utf-8, utf-8-sig, utf-16 or gb18030
     size_bytes: int
-    # Whether an empty line comes before the last line with content, in the raw
-    # bytes; None when the encoding was not sniffed (XLSX and other binary files).
+    # Flag for an empty line before the last line with content, in the raw bytes.
+    # None when the encoding was not sniffed (XLSX and other binary files).
     interior_blank_line: bool | None = None
-    # Offset of the first byte that is not UTF-8, within about 3 bytes (the decoder
-    # keeps an unfinished character from the chunk before); None when all of it is.
+    # Offset of the first byte that is not UTF-8, up to 3 bytes too far, because the
+    # decoder keeps an unfinished character from the chunk before. None for UTF-8.
     utf8_error_offset: int | None = None
 
 
@@ -65,7 +65,7 @@ class _BlankLineScan:
     """Find, chunk by chunk, whether an empty line comes before the last line with content.
 
     DuckDB's CSV reader skips empty lines, which would shift the row numbers of every
-    later record; trailing empty lines shift nothing.
+    later record. Trailing empty lines shift nothing.
     """
 
     def __init__(self) -> None:

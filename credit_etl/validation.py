@@ -110,7 +110,7 @@ def build_checked_sql(
     select += [f"c{pos}" for pos in range(width)]
     everything = ", ".join(f"c{pos}" for pos in range(width)) or "NULL"
     # A row counts when any cell has a character other than white space. A cell that
-    # starts with a visible character settles it; otherwise the regular expression
+    # starts with a visible character settles it. Otherwise the regular expression
     # runs over the row's cells.
     visible = ""
     if shortcuts:

@@ -140,13 +140,13 @@ CREATE TABLE IF NOT EXISTS figure_state (
 
 
 class WarehouseLockedError(RuntimeError):
-    """Another program has the warehouse file open, so DuckDB refuses it."""
+    """Error raised when another program has the warehouse file open for DuckDB."""
 
 
 def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse with bounded memory; fail at once if another program has it.
+    """Open the warehouse with bounded memory, and fail at once if another program has it.
 
-    This does not queue at the gate: ``open_warehouse`` does, and every process that
+    This does not queue at the gate. ``open_warehouse`` does, and every process that
     may run beside others (runs, sensors, the command line) uses that instead.
     """
     settings.ensure_dirs()
@@ -176,7 +176,7 @@ def connect(settings: Settings, read_only: bool = False) -> duckdb.DuckDBPyConne
 def open_warehouse(
     settings: Settings, read_only: bool = False, purpose: str = ""
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Wait for the gate, then open the warehouse; close both on exit.
+    """Wait for the gate, then open the warehouse, and release both on exit.
 
     Writers wait for every other credit-etl process and readers only for writers,
     each for at most ``settings.lock_wait_seconds``.

@@ -20,6 +20,7 @@ import duckdb
 import openpyxl
 import pytest
 
+from credit_etl.identifiers import id_check_char, uscc_check_char
 from credit_etl.settings import Settings
 from credit_etl.warehouse import connect
 
@@ -202,3 +203,32 @@ def stop_process_group(
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def deliver_one_record(incoming: Path, unit_id: str, day: str, serial: int) -> None:
+    """Deliver a settled one-record "other" extract for a unit, received on ``day``."""
+    folder = incoming / unit_id
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{day}_other.csv"
+    path.write_text(
+        f"记录编号,主体名称,统一社会信用代码\nR{serial},某单位,91410700736108233M\n",
+        encoding="utf-8",
+    )
+    set_mtime(path)
+
+
+def make_id(body17: str) -> str:
+    """Complete 17 digits into an ID number with the right check character."""
+    return body17 + id_check_char(body17)
+
+
+def make_uscc(serial: int, prefix: str = "91410700") -> str:
+    """Build a valid unified social credit code from a registration prefix and serial."""
+    body = f"{prefix}{serial:09d}"
+    return body + uscc_check_char(body)
+
+
+def wrong_check(number: str) -> str:
+    """Return an ID number with its check character changed to a wrong one."""
+    digits = "0123456789X"
+    return number[:17] + digits[(digits.index(number[17]) + 1) % len(digits)]

@@ -188,7 +188,7 @@ def test_backfill_sensor_and_reader_overlap(
             "--noprompt",
         )
         reader.start()
-        # A second delivery arrives while the backfill runs; the sensor's next tick
+        # A second delivery arrives while the backfill runs. The sensor's next tick
         # (at most 30 s later) requests another ingest run.
         time.sleep(20)
         delivered += _move_units(staging, settings.incoming_dir, UNITS_LATER)

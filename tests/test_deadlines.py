@@ -1,13 +1,12 @@
 """Silent units: no file received between the quarter's first day and its deadline."""
 
 import datetime as dt
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import deliver_one_record
 
 from credit_etl.deadlines import SHANGHAI, check_deadlines, deadline_moment
 from credit_etl.ingest import ingest_incoming
@@ -16,18 +15,7 @@ from credit_etl.registry import load_units
 from credit_etl.settings import Settings
 from credit_etl.warehouse import connect
 
-HEADER = "记录编号,主体名称,统一社会信用代码\n"
-USCC = "91410700736108233M"
 SILENT = {"hongqi", "tax", "archives"}
-
-
-def _deliver(incoming: Path, unit_id: str, day: str, serial: int) -> None:
-    folder = incoming / unit_id
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{day}_other.csv"
-    path.write_text(f"{HEADER}R{serial},某单位,{USCC}\n", encoding="utf-8")
-    old = time.time() - 120
-    os.utime(path, (old, old))
 
 
 @pytest.fixture
@@ -37,10 +25,10 @@ def settings(tmp_path: Path) -> Settings:
     for serial, unit in enumerate(load_units()):
         if unit.unit_id in SILENT:
             continue
-        _deliver(settings.incoming_dir, unit.unit_id, "20181105", serial)
+        deliver_one_record(settings.incoming_dir, unit.unit_id, "20181105", serial)
     # Outside the window: before the quarter and after the deadline.
-    _deliver(settings.incoming_dir, "hongqi", "20180930", 900)
-    _deliver(settings.incoming_dir, "tax", "20190111", 901)
+    deliver_one_record(settings.incoming_dir, "hongqi", "20180930", 900)
+    deliver_one_record(settings.incoming_dir, "tax", "20190111", 901)
     return settings
 
 
@@ -61,7 +49,7 @@ def test_three_silent_units_named(settings: Settings) -> None:
 
 
 def test_file_on_deadline_day_ends_silence(settings: Settings) -> None:
-    _deliver(settings.incoming_dir, "archives", "20190110", 902)
+    deliver_one_record(settings.incoming_dir, "archives", "20190110", 902)
     check = check_deadlines(
         None, settings, Quarter(2018, 4), dt.datetime(2019, 1, 12, tzinfo=SHANGHAI)
     )

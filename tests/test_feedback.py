@@ -26,12 +26,14 @@ from conftest import (
     SETTLED_AGE_SECONDS,
     copy_case_files,
     csv_bytes,
+    make_id,
+    make_uscc,
     set_mtime,
+    wrong_check,
 )
 
 from credit_etl.feedback import write_feedback
 from credit_etl.figures import compute_figures
-from credit_etl.identifiers import id_check_char, uscc_check_char
 from credit_etl.ingest import ingest_incoming
 from credit_etl.periods import Quarter
 from credit_etl.settings import REPO_ROOT, Settings
@@ -54,20 +56,6 @@ ID_PATTERN = re.compile(
     r"|(?<![0-9A-Za-z])\d{6}\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}"
     r"(?![0-9A-Za-z])"
 )
-
-
-def make_id(body17: str) -> str:
-    return body17 + id_check_char(body17)
-
-
-def make_uscc(serial: int) -> str:
-    body = f"91410700{serial:09d}"
-    return body + uscc_check_char(body)
-
-
-def wrong_check(number: str) -> str:
-    digits = "0123456789X"
-    return number[:17] + digits[(digits.index(number[17]) + 1) % len(digits)]
 
 
 FENG_ID = make_id("41070219850312123")

@@ -1208,7 +1208,7 @@ def test_xlsx_row_numbers_below_empty_rows(
     assert landed == [("E2", top + 4)]
 
 
-def test_bom_with_invalid_bytes_fails_file_only(settings, warehouse, deliver) -> None:
+def test_bad_bom_file_fails_alone(settings, warehouse, deliver) -> None:
     header = ",".join(PENALTY_HEADER)
     body = f"{header}\n{','.join(penalty_row('U1'))}".encode() + b"\xe9\n"
     deliver("environment/20181015_penalty.csv", codecs.BOM_UTF8 + body)

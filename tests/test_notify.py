@@ -14,12 +14,10 @@ import email
 import email.policy
 import json
 import logging
-import os
 import socket
 import socketserver
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +27,7 @@ from typing import Any
 import duckdb
 import pytest
 import trustme
+from conftest import deliver_one_record
 
 from credit_etl.deadlines import SHANGHAI
 from credit_etl.notify import (
@@ -49,8 +48,6 @@ from credit_etl.warehouse import FIGURE_COLUMNS, connect
 QUARTER = Quarter(2018, 4)
 AFTER_DEADLINE = dt.datetime(2019, 1, 11, 9, 0, tzinfo=SHANGHAI)
 SILENT = {"hongqi", "tax", "archives"}
-HEADER = "记录编号,主体名称,统一社会信用代码\n"
-USCC = "91410700736108233M"
 SENDER = "credit-etl@example.org"
 RECIPIENT = "office@example.org"
 PASSWORD_VARIABLE = "CREDIT_ETL_TEST_SMTP_PASSWORD"
@@ -393,15 +390,6 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("no_proxy", "*")
 
 
-def _deliver(incoming: Path, unit_id: str, day: str, serial: int) -> None:
-    folder = incoming / unit_id
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{day}_other.csv"
-    path.write_text(f"{HEADER}R{serial},某单位,{USCC}\n", encoding="utf-8")
-    old = time.time() - 120
-    os.utime(path, (old, old))
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """A data directory where every unit but hongqi, tax and archives delivered."""
@@ -409,7 +397,7 @@ def settings(tmp_path: Path) -> Settings:
     settings.ensure_dirs()
     for serial, unit in enumerate(load_units()):
         if unit.unit_id not in SILENT:
-            _deliver(settings.incoming_dir, unit.unit_id, "20181105", serial)
+            deliver_one_record(settings.incoming_dir, unit.unit_id, "20181105", serial)
     return settings
 
 

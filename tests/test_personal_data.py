@@ -27,13 +27,15 @@ from conftest import (
     SETTLED_AGE_SECONDS,
     copy_case_files,
     csv_bytes,
+    make_id,
+    make_uscc,
     set_mtime,
+    wrong_check,
     xlsx_bytes,
 )
 
 from assets.definitions import INGEST_JOB, REPORT_JOB, build_definitions
 from credit_etl.feedback import feedback_rows
-from credit_etl.identifiers import id_check_char, uscc_check_char
 from credit_etl.ingest import ingest_incoming
 from credit_etl.periods import Quarter
 from credit_etl.settings import REPO_ROOT, Settings
@@ -44,20 +46,6 @@ CLI = REPO_ROOT / ".venv" / "bin" / "credit-etl"
 QUARTER = Quarter(2018, 4)
 PARTITION_KEY = "2018-10-01"
 CASES = ("07-every-rejection-kind", "05-xlsx-id-number-as-number")
-
-
-def make_id(body17: str) -> str:
-    return body17 + id_check_char(body17)
-
-
-def make_uscc(serial: int) -> str:
-    body = f"92410700{serial:09d}"
-    return body + uscc_check_char(body)
-
-
-def wrong_check(number: str) -> str:
-    digits = "0123456789X"
-    return number[:17] + digits[(digits.index(number[17]) + 1) % len(digits)]
 
 
 # Natural persons of the two cases: every name, and each ID number delivered as text
@@ -111,7 +99,7 @@ PENALTY_ROWS = [
     ["令狐冲", PERSON, "", PERSONS["令狐冲"], "", "", "新环罚〔2018〕803号", "罚款", "0.1", "2018-10-18"],
     ["岳灵珊", PERSON, "", PERSONS["岳灵珊"], "", "", "新环罚〔2018〕804号", "罚款", "0.1", "2018-10-18"],
     # An individual business with its owner as legal representative, published late.
-    ["新乡市牧野区张记小吃店", BUSINESS, make_uscc(1), "", "张无忌", PERSONS["张无忌"], "新环罚〔2018〕805号", "罚款", "0.5", "2018-10-01"],
+    ["新乡市牧野区张记小吃店", BUSINESS, make_uscc(1, "92410700"), "", "张无忌", PERSONS["张无忌"], "新环罚〔2018〕805号", "罚款", "0.5", "2018-10-01"],
     # A person whose fine cannot be read: the row is rejected for the amount.
     ["宋青书", PERSON, "", PERSONS["宋青书"], "", "", "新环罚〔2018〕806号", "罚款", "待定", "2018-10-18"],
 ]
