@@ -6,6 +6,7 @@ other aliases, and a kind that decides how it is validated and stored.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -257,8 +258,12 @@ def fold_header(name: object) -> str:
     return "".join(text.split())
 
 
+@functools.cache
 def header_lookup(spec: CategorySpec) -> dict[str, Column]:
-    """Map every accepted folded header name (v2.0, aliases, English) to its column."""
+    """Map every accepted folded header name (v2.0, aliases, English) to its column.
+
+    The map is built once per category and shared, so callers must not change it.
+    """
     lookup: dict[str, Column] = {}
     for column in spec.columns:
         for name in (column.name_zh, column.key, *column.aliases):

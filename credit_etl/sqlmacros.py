@@ -40,19 +40,29 @@ def _quote(text: str) -> str:
 
 
 def _uscc_check_expr(arg: str) -> str:
-    terms = " + ".join(
-        f"(strpos({_quote(USCC_ALPHABET)}, substr({arg}, {i + 1}, 1)) - 1) * {weight}"
-        for i, weight in enumerate(USCC_WEIGHTS)
+    # The value of each character is looked up by its code point, from "0" (48) to
+    # "Y" (89). The caller has checked that the 17 characters are in the alphabet.
+    # A list expression plans in under a millisecond. The same sum written out as 17
+    # terms took about 4 ms to plan, and every delivered file paid that.
+    values = [
+        USCC_ALPHABET.index(chr(code_point)) if chr(code_point) in USCC_ALPHABET else 0
+        for code_point in range(ord("0"), ord("Y") + 1)
+    ]
+    total = (
+        f"CAST(list_dot_product(list_transform(string_split(left({arg}, 17), ''), "
+        f"lambda ch: {values}[ascii(ch) - 47]), {list(USCC_WEIGHTS)}::INTEGER[]) "
+        "AS BIGINT)"
     )
-    return f"substr({_quote(USCC_ALPHABET)}, ((31 - ({terms}) % 31) % 31) + 1, 1)"
+    return f"substr({_quote(USCC_ALPHABET)}, ((31 - {total} % 31) % 31) + 1, 1)"
 
 
 def _id_check_expr(arg: str) -> str:
-    terms = " + ".join(
-        f"CAST(substr({arg}, {i + 1}, 1) AS INTEGER) * {weight}"
-        for i, weight in enumerate(ID_WEIGHTS)
+    # The caller has checked that the first 17 characters are digits.
+    total = (
+        f"CAST(list_dot_product(CAST(string_split(left({arg}, 17), '') AS INTEGER[]), "
+        f"{list(ID_WEIGHTS)}::INTEGER[]) AS BIGINT)"
     )
-    return f"substr({_quote(ID_CHECK)}, (({terms}) % 11) + 1, 1)"
+    return f"substr({_quote(ID_CHECK)}, ({total} % 11) + 1, 1)"
 
 
 def sql_macros() -> list[str]:
@@ -71,7 +81,10 @@ def sql_macros() -> list[str]:
             END""",
         f"CREATE OR REPLACE TEMP MACRO ce_uscc_check(c) AS {_uscc_check_expr('c')}",
         f"CREATE OR REPLACE TEMP MACRO ce_id_check(c) AS {_id_check_expr('c')}",
+        # The first branch settles every valid value at once, so the tests that
+        # name a fault run only on the few values that have one.
         f"""CREATE OR REPLACE TEMP MACRO ce_uscc_problem_given(c, expected) AS CASE
+            WHEN substr(c, 18, 1) = expected THEN NULL
             WHEN c = '00000000000000000X' THEN NULL
             WHEN length(c) <> 18 THEN
                 '''' || c || ''' has ' || length(c)
@@ -92,6 +105,9 @@ def sql_macros() -> list[str]:
         """CREATE OR REPLACE TEMP MACRO ce_birth(c, y) AS
             try_cast(y || '-' || substr(c, 3, 2) || '-' || substr(c, 5, 2) AS DATE)""",
         r"""CREATE OR REPLACE TEMP MACRO ce_id_problem_given(c, expected) AS CASE
+            WHEN substr(c, 18, 1) = expected AND substr(c, 7, 4) >= '1800'
+              AND try_cast(substr(c, 7, 4) || '-' || substr(c, 11, 2) || '-'
+                    || substr(c, 13, 2) AS DATE) IS NOT NULL THEN NULL
             WHEN length(c) = 15 AND NOT regexp_full_match(c, '\d{15}') THEN
                 '''' || c || ''' is not an ID number: a 15-digit ID has only digits'
             WHEN length(c) = 15 AND try_cast('19' || substr(c, 7, 2) || '-'

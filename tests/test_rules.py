@@ -145,6 +145,32 @@ def test_id_check_char_agrees(con, number: str) -> None:
     )
 
 
+def test_check_chars_match_python(con) -> None:
+    # Each body puts every allowed character at every position at least once.
+    alphabet, digits = identifiers.USCC_ALPHABET, "0123456789"
+    codes = [
+        "".join(alphabet[(start + 7 * place) % 31] for place in range(17))
+        for start in range(31)
+    ] + [
+        "".join(alphabet[(start * place) % 31] for place in range(17))
+        for start in range(31)
+    ]
+    numbers = [
+        "".join(digits[(start + 3 * place) % 10] for place in range(17))
+        for start in range(10)
+    ] + [
+        "".join(digits[(start * place + place) % 10] for place in range(17))
+        for start in range(10)
+    ]
+    found = con.execute(
+        "SELECT list_transform(?, lambda c: ce_uscc_check(c)), "
+        "list_transform(?, lambda n: ce_id_check(n))",
+        [[code + "0" for code in codes], [number + "0" for number in numbers]],
+    ).fetchone()
+    assert found[0] == [identifiers.uscc_check_char(code) for code in codes]
+    assert found[1] == [identifiers.id_check_char(number) for number in numbers]
+
+
 @pytest.mark.parametrize(
     ("code", "fragment"),
     [
