@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import stat
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,7 @@ from credit_etl.readers import (
 from credit_etl.registry import Unit, load_units
 from credit_etl.schema import SPECS, CategorySpec, storage_columns
 from credit_etl.settings import Settings
+from credit_etl.sqlmacros import install_macros
 from credit_etl.validation import build_checked_sql
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,13 @@ def ingest_incoming(
     units: list[Unit] | None = None,
     now: float | None = None,
 ) -> IngestReport:
-    """Ingest every new settled delivery under incoming/, in received-date order."""
+    """Ingest every new settled delivery under incoming/.
+
+    Files of one unit and category land one after another, in received-date order.
+    Up to ``settings.ingest_workers`` files of different units or categories land at
+    once, each in its own transaction on its own cursor. Their natural keys never
+    meet, since keys are matched within a unit and category.
+    """
     units = units or load_units()
     scan: Scan = scan_incoming(
         settings.incoming_dir, units, settings.settle_seconds, now
@@ -108,32 +116,169 @@ def ingest_incoming(
     for problem in scan.problems:
         _record_name_problem(con, problem)
     pending = [d for d in scan.deliveries if not _unchanged(con, d)]
-    results = []
-    # The next file is hashed in a thread while DuckDB lands the current one.
-    # DuckDB releases the GIL while a statement runs, so the two overlap.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint") as pool:
-        ahead: dict[int, Future[Fingerprint]] = {}
-
-        def hash_ahead(index: int) -> None:
-            if index < len(pending):
-                delivery = pending[index]
-                ahead[index] = pool.submit(
-                    fingerprint, delivery.path, delivery.extension == ".csv"
-                )
-
-        hash_ahead(0)
-        for index, delivery in enumerate(pending):
-            hash_ahead(index + 1)
-            result = ingest_file(con, settings, delivery, ahead.pop(index))
-            if result is not None:
-                results.append(result)
-        for future in ahead.values():
-            future.cancel()
+    results: list[FileResult | None] = [None] * len(pending)
+    workers = max(1, min(settings.ingest_workers, len(pending)))
+    # Files are hashed in a thread ahead of the workers. DuckDB releases the GIL
+    # while a statement runs, so hashing overlaps the landing of earlier files.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint") as hasher:
+        queue = _FileQueue(pending, hasher, look_ahead=workers + 1)
+        if workers == 1:
+            _land_queued(con, settings, queue, results)
+        else:
+            _land_in_parallel(con, settings, queue, results, workers)
     return IngestReport(
-        results=results,
+        results=[r for r in results if r is not None],
         problems=scan.problems,
         skipped=[f"{s.rel_path}: {s.reason}" for s in scan.skipped],
     )
+
+
+# A workbook larger than this lands alone: the XLSX reader keeps a whole sheet in
+# memory, about 80 bytes a cell, and a 22.6 MB sheet of 6 million cells took 833 MiB.
+ALONE_XLSX_BYTES = 8 * 1024**2
+
+
+class _FileQueue:
+    """Hand out pending files so that no two of one unit and category land at once.
+
+    Each unit and category forms a lane whose files start in their given order. The
+    lane with the most bytes goes first, so the longest sequence starts early and
+    the other workers fill in beside it.
+    """
+
+    def __init__(
+        self, pending: list[Delivery], hasher: ThreadPoolExecutor, look_ahead: int
+    ) -> None:
+        self.pending = pending
+        self.hasher = hasher
+        self.look_ahead = look_ahead
+        lanes: dict[tuple[str, str], list[int]] = {}
+        for index, delivery in enumerate(pending):
+            lanes.setdefault((delivery.unit_id, delivery.category), []).append(index)
+        self.lanes = dict(
+            sorted(
+                lanes.items(),
+                key=lambda item: -sum(pending[i].size_bytes for i in item[1]),
+            )
+        )
+        self.busy: set[tuple[str, str]] = set()
+        self.running = 0
+        self.alone = False
+        self.stopped = False
+        self.hashes: dict[int, Future[Fingerprint]] = {}
+        self.condition = threading.Condition()
+
+    def _is_alone(self, index: int) -> bool:
+        delivery = self.pending[index]
+        return delivery.extension != ".csv" and delivery.size_bytes > ALONE_XLSX_BYTES
+
+    def _hash(self, index: int) -> None:
+        if index not in self.hashes:
+            delivery = self.pending[index]
+            self.hashes[index] = self.hasher.submit(
+                fingerprint, delivery.path, delivery.extension == ".csv"
+            )
+
+    def _choose(self) -> int | None:
+        """Return the next file that may start now, or None to wait."""
+        if self.alone:
+            return None
+        for lane, indexes in self.lanes.items():
+            if not indexes or lane in self.busy:
+                continue
+            head = indexes[0]
+            if not self._is_alone(head):
+                return head
+            # A large workbook waits for the running files and starts nothing
+            # new in the meantime, so it is not passed over until the end.
+            return head if self.running == 0 else None
+        return None
+
+    def take(self) -> tuple[int, Future[Fingerprint]] | None:
+        """Return the next file to land and its fingerprint, or None when none is left."""
+        with self.condition:
+            while True:
+                if self.stopped or not any(self.lanes.values()):
+                    return None
+                chosen = self._choose()
+                if chosen is not None:
+                    break
+                self.condition.wait()
+            delivery = self.pending[chosen]
+            lane = (delivery.unit_id, delivery.category)
+            self.lanes[lane].pop(0)
+            self.busy.add(lane)
+            self.running += 1
+            self.alone = self._is_alone(chosen)
+            self._hash(chosen)
+            # The heads of the next lanes are the likeliest files to start next.
+            upcoming = [indexes[0] for indexes in self.lanes.values() if indexes]
+            for index in upcoming[: self.look_ahead]:
+                self._hash(index)
+            return chosen, self.hashes.pop(chosen)
+
+    def done(self, index: int) -> None:
+        with self.condition:
+            delivery = self.pending[index]
+            self.busy.discard((delivery.unit_id, delivery.category))
+            self.running -= 1
+            self.alone = False
+            self.condition.notify_all()
+
+    def stop(self) -> None:
+        """Start no further file. The files already started still finish."""
+        with self.condition:
+            self.stopped = True
+            for future in self.hashes.values():
+                future.cancel()
+            self.condition.notify_all()
+
+
+def _land_queued(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    queue: _FileQueue,
+    results: list[FileResult | None],
+) -> None:
+    try:
+        while (taken := queue.take()) is not None:
+            index, hashed = taken
+            try:
+                results[index] = ingest_file(
+                    con, settings, queue.pending[index], hashed
+                )
+            finally:
+                queue.done(index)
+    finally:
+        queue.stop()
+
+
+def _land_in_parallel(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    queue: _FileQueue,
+    results: list[FileResult | None],
+    workers: int,
+) -> None:
+    def work() -> None:
+        # A cursor is a new connection to the same database, without the temporary
+        # macros of the first one.
+        cursor = con.cursor()
+        install_macros(cursor)
+        try:
+            _land_queued(cursor, settings, queue, results)
+        finally:
+            cursor.close()
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+        futures = [pool.submit(work) for _ in range(workers)]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            # An error or an interrupt in one worker stops the others after the file
+            # each is landing, and the first error is raised.
+            queue.stop()
 
 
 def _record_name_problem(con: duckdb.DuckDBPyConnection, problem: NameProblem) -> None:
@@ -288,8 +433,7 @@ def ingest_file(
         raise
     finally:
         _drop_temp(con)
-        for leftover in settings.temp_dir.glob(f"transcoded-{fp.sha256[:16]}*"):
-            leftover.unlink(missing_ok=True)
+        _transcoded_path(settings, fp).unlink(missing_ok=True)
 
     log.info(
         "landed: %s (unit %s, %s, received %s): read %d, landed %d, rejected %d, "
@@ -427,6 +571,14 @@ def _check_header(spec: CategorySpec, header: HeaderMap, result: FileResult) -> 
         )
 
 
+def _transcoded_path(settings: Settings, fp: Fingerprint) -> Path:
+    # Two copies of one file may land at once for different units, so the name
+    # carries the landing thread.
+    return (
+        settings.temp_dir / f"transcoded-{fp.sha256[:16]}-{threading.get_ident()}.csv"
+    )
+
+
 def _stage_csv(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -438,7 +590,7 @@ def _stage_csv(
     source = delivery.path
     encoding = fp.encoding
     if encoding not in ("utf-8", "utf-8-sig"):
-        target = settings.temp_dir / f"transcoded-{fp.sha256[:16]}.csv"
+        target = _transcoded_path(settings, fp)
         try:
             transcode_to_utf8(delivery.path, encoding, target)
         except FileError:

@@ -40,6 +40,9 @@ class Settings:
     # How long a process waits for another credit-etl process to release the
     # warehouse before it gives up with the holder's name.
     lock_wait_seconds: float = 1800.0
+    # Files landed at once, each on its own connection and in its own transaction.
+    # Files of one unit and category always land one after another.
+    ingest_workers: int = 2
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -106,6 +109,16 @@ def _limits_from_env(env: os._Environ[str] | dict[str, str]) -> Limits:
     return Limits(**values)
 
 
+def _workers_from_env(env: os._Environ[str] | dict[str, str]) -> int:
+    text = env.get("CREDIT_ETL_INGEST_WORKERS", "2")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(
+            f"CREDIT_ETL_INGEST_WORKERS={text!r} is not a whole number of 1 or more; "
+            "set it to the number of files to land at once, for example 2"
+        )
+    return int(text)
+
+
 def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
     """Build settings for a data directory, reading overrides from the environment."""
     env = os.environ
@@ -119,5 +132,6 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None) -> Settings:
         duckdb_memory_limit=env.get("CREDIT_ETL_DUCKDB_MEMORY_LIMIT", "1GB"),
         duckdb_threads=int(env.get("CREDIT_ETL_DUCKDB_THREADS", "2")),
         lock_wait_seconds=float(env.get("CREDIT_ETL_LOCK_WAIT_SECONDS", "1800")),
+        ingest_workers=_workers_from_env(env),
         limits=_limits_from_env(env),
     )
