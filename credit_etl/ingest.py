@@ -589,10 +589,11 @@ def _stage_csv(
 ) -> tuple[str, HeaderMap]:
     source = delivery.path
     encoding = fp.encoding
+    lines = fp.lines
     if encoding not in ("utf-8", "utf-8-sig"):
         target = _transcoded_path(settings, fp)
         try:
-            transcode_to_utf8(delivery.path, encoding, target)
+            lines = transcode_to_utf8(delivery.path, encoding, target)
         except FileError:
             # Neither UTF-8 nor GB18030. A file that is UTF-8 for its first kilobyte
             # is most likely UTF-8 with a damaged byte, so that byte is named.
@@ -611,25 +612,6 @@ def _stage_csv(
     header = map_header(spec, names)
     _check_header(spec, header, result)
     width = len(names)
-    # The fingerprint pass looked for empty lines in the delivered bytes. A
-    # transcoded copy is scanned on its own.
-    blank_lines = (
-        fp.interior_blank_line
-        if source == delivery.path and fp.interior_blank_line is not None
-        else has_interior_blank_line(source)
-    )
-    if blank_lines:
-        log.info(
-            "incoming/%s has empty lines between records; reading row by row to keep "
-            "row numbers",
-            delivery.rel_path,
-        )
-        return (
-            _stage_csv_exact(
-                con, source, delimiter, header, settings.limits.max_field_chars
-            ),
-            header,
-        )
     columns = "{" + ", ".join(f"'c{pos}': 'VARCHAR'" for pos in range(width)) + "}"
     try:
         con.execute(
@@ -649,6 +631,24 @@ def _stage_csv(
             str(error).splitlines()[0],
         )
         con.execute("DROP TABLE IF EXISTS temp.stage_raw")
+        return (
+            _stage_csv_exact(
+                con, source, delimiter, header, settings.limits.max_field_chars
+            ),
+            header,
+        )
+    # DuckDB's reader skips empty lines, which would shift the row numbers of every
+    # later record. With one line per record after the header, there is none. More
+    # lines come from empty lines, quoted line breaks or CR line ends, and only then
+    # is the file scanned for an empty line between records.
+    staged = con.execute("SELECT count(*) FROM stage_raw").fetchone()[0]
+    if lines != staged + 1 and has_interior_blank_line(source):
+        log.info(
+            "incoming/%s has empty lines between records; reading row by row to keep "
+            "row numbers",
+            delivery.rel_path,
+        )
+        con.execute("DROP TABLE temp.stage_raw")
         return (
             _stage_csv_exact(
                 con, source, delimiter, header, settings.limits.max_field_chars

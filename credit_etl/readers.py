@@ -47,17 +47,18 @@ class Fingerprint:
     sha256: str
     encoding: str  # utf-8, utf-8-sig, utf-16 or gb18030
     size_bytes: int
-    # Flag for an empty line before the last line with content, in the raw bytes.
-    # None when the encoding was not sniffed (XLSX and other binary files).
-    interior_blank_line: bool | None = None
+    # Lines in the raw bytes: line feeds, plus one for a last line without one. None
+    # when the encoding was not sniffed (XLSX and other binary files).
+    lines: int | None = None
     # Offset of the first byte that is not UTF-8, up to 3 bytes too far, because the
     # decoder keeps an unfinished character from the chunk before. None for UTF-8.
     utf8_error_offset: int | None = None
 
 
 # An empty line: two line ends in a row, LF or CRLF, or CR alone as older Mac Excel
-# writes. A compiled pattern scans about three times faster than bytes.find on text
-# with a line end every hundred bytes.
+# writes. A compiled pattern scans faster than bytes.find on text with a line end
+# every hundred bytes. Counting line feeds is about seven times faster still, so the
+# pattern runs only when the line count leaves room for an empty line.
 _EMPTY_LINE = re.compile(rb"\n\r?\n|\r\r")
 
 
@@ -103,15 +104,17 @@ def fingerprint(path: Path, sniff_encoding: bool = True) -> Fingerprint:
     encoding: str | None = None
     utf8 = codecs.getincrementaldecoder("utf-8")("strict")
     utf8_ok = sniff_encoding
-    blank_lines = _BlankLineScan() if sniff_encoding else None
+    line_feeds = 0
+    last_byte = b""
     utf8_error: int | None = None
     with path.open("rb") as handle:
         first = True
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
-            if blank_lines is not None:
-                blank_lines.feed(chunk)
+            if sniff_encoding:
+                line_feeds += chunk.count(b"\n")
+                last_byte = chunk[-1:]
             if first and sniff_encoding:
                 for bom, name in BOMS:
                     if chunk.startswith(bom):
@@ -136,14 +139,20 @@ def fingerprint(path: Path, sniff_encoding: bool = True) -> Fingerprint:
         digest.hexdigest(),
         encoding,
         size,
-        blank_lines.result() if blank_lines is not None else None,
+        _line_count(line_feeds, last_byte) if sniff_encoding else None,
         utf8_error if sniff_encoding else None,
     )
 
 
-def transcode_to_utf8(source: Path, encoding: str, target: Path) -> None:
-    """Write ``source`` as UTF-8 without a byte-order mark, streaming."""
+def _line_count(line_feeds: int, last_byte: bytes) -> int:
+    return line_feeds + (1 if last_byte not in (b"", b"\n") else 0)
+
+
+def transcode_to_utf8(source: Path, encoding: str, target: Path) -> int:
+    """Write ``source`` as UTF-8 without a byte-order mark, streaming, and count its lines."""
     decoder = codecs.getincrementaldecoder(encoding)("strict")
+    line_feeds = 0
+    last_byte = b""
     with source.open("rb") as reader, target.open("wb") as writer:
         offset = 0
         while chunk := reader.read(CHUNK):
@@ -156,7 +165,10 @@ def transcode_to_utf8(source: Path, encoding: str, target: Path) -> None:
                 ) from None
             if offset == 0 and text.startswith("\ufeff"):
                 text = text[1:]
-            writer.write(text.encode("utf-8"))
+            encoded = text.encode("utf-8")
+            writer.write(encoded)
+            line_feeds += encoded.count(b"\n")
+            last_byte = encoded[-1:] or last_byte
             offset += len(chunk)
         try:
             tail = decoder.decode(b"", final=True)
@@ -165,7 +177,11 @@ def transcode_to_utf8(source: Path, encoding: str, target: Path) -> None:
                 f"the file ends inside a {encoding} character; it was probably cut off "
                 "during upload, send it again"
             ) from None
-        writer.write(tail.encode("utf-8"))
+        encoded = tail.encode("utf-8")
+        writer.write(encoded)
+        line_feeds += encoded.count(b"\n")
+        last_byte = encoded[-1:] or last_byte
+    return _line_count(line_feeds, last_byte)
 
 
 def has_interior_blank_line(path: Path) -> bool:

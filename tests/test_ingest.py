@@ -343,9 +343,10 @@ def test_ragged_rows_rejected(settings, warehouse, deliver) -> None:
     assert "R500" in record
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "gb18030"])
 @pytest.mark.parametrize("ragged", [False, True], ids=["plain", "with-ragged-row"])
 def test_blank_line_keeps_row_numbers(
-    settings, warehouse, deliver, ragged: bool
+    settings, warehouse, deliver, ragged: bool, encoding: str
 ) -> None:
     lines = [
         ",".join(PENALTY_HEADER),
@@ -355,7 +356,8 @@ def test_blank_line_keeps_row_numbers(
     ]
     if ragged:
         lines.append("新乡市少列公司,91410700061675925P,,B3")
-    deliver("environment/20181015_penalty.csv", ("\r\n".join(lines) + "\r\n").encode())
+    body = "\r\n".join(lines) + "\r\n"
+    deliver("environment/20181015_penalty.csv", body.encode(encoding))
 
     run_ingest(settings, warehouse)
 
@@ -1140,18 +1142,20 @@ def test_fresh_file_skipped_until_settled(settings, warehouse, write_extract) ->
 
 
 @pytest.mark.parametrize(
-    ("body", "interior"),
+    ("body", "lines", "interior"),
     [
-        (b"h\na\n\nb\n", True),
-        (b"h\r\na\r\n\r\nb\r\n", True),
-        (b"h\na\nb\n\n\n", False),
-        (b"h\r\na\r\nb\r\n\r\n", False),
-        (b"h\na\nb", False),
+        (b"h\na\n\nb\n", 4, True),
+        (b"h\r\na\r\n\r\nb\r\n", 4, True),
+        (b"h\na\nb\n\n\n", 5, False),
+        (b"h\r\na\r\nb\r\n\r\n", 4, False),
+        (b"h\na\nb", 3, False),
+        (b"h\ra\r\rb\r", 1, True),
+        (b"", 0, False),
     ],
 )
 @pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])
-def test_fingerprint_finds_blank_lines(
-    tmp_path, monkeypatch, body: bytes, interior: bool, chunk: int
+def test_fingerprint_counts_lines(
+    tmp_path, monkeypatch, body: bytes, lines: int, interior: bool, chunk: int
 ) -> None:
     from credit_etl import readers
 
@@ -1159,9 +1163,11 @@ def test_fingerprint_finds_blank_lines(
     path = tmp_path / "lines.csv"
     path.write_bytes(body)
 
-    assert readers.fingerprint(path).interior_blank_line is interior
+    assert readers.fingerprint(path).lines == lines
     assert readers.has_interior_blank_line(path) is interior
-    assert readers.fingerprint(path, sniff_encoding=False).interior_blank_line is None
+    assert readers.fingerprint(path, sniff_encoding=False).lines is None
+    target = tmp_path / "copy.csv"
+    assert readers.transcode_to_utf8(path, "gb18030", target) == lines
 
 
 @pytest.mark.parametrize("empty_rows", [0, 1, 2])
