@@ -18,7 +18,7 @@ from conftest import RECORD_TABLES, csv_bytes, make_id, make_uscc, set_mtime, xl
 
 from credit_etl import ingest
 from credit_etl.discovery import Delivery
-from credit_etl.ingest import ALONE_XLSX_BYTES, ingest_incoming
+from credit_etl.ingest import ALONE_CSV_BYTES, ALONE_XLSX_BYTES, ingest_incoming
 from credit_etl.settings import Settings
 from credit_etl.warehouse import connect
 
@@ -313,21 +313,27 @@ def test_queue_starts_largest_lane_first(tmp_path: Path) -> None:
     assert starts == [1, 2, 3, 0]
 
 
-def test_queue_lands_large_workbook_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("extension", "size"),
+    [(".xlsx", ALONE_XLSX_BYTES + 1), (".csv", ALONE_CSV_BYTES + 1)],
+)
+def test_queue_lands_large_file_alone(
+    tmp_path: Path, extension: str, size: int
+) -> None:
     pending = [
         make_delivery(tmp_path, unit, day, "penalty", ".csv", 1_000)
         for unit in ("a", "b", "c")
         for day in (1, 2, 3)
     ]
-    pending.insert(
-        4, make_delivery(tmp_path, "d", 1, "other", ".xlsx", ALONE_XLSX_BYTES + 1)
-    )
+    pending.insert(4, make_delivery(tmp_path, "d", 1, "other", extension, size))
     pending.append(make_delivery(tmp_path, "e", 1, "other", ".xlsx", 20_000))
     events = drive_queue(pending, workers=3)
     large = 4
     for running in overlapping(events):
         if large in running:
             assert running == {large}
+    # The small files, the small workbook among them, still land side by side.
+    assert max(len(running) for running in overlapping(events)) >= 2
     starts = sorted(index for kind, index, _ in events if kind == "start")
     assert starts == list(range(len(pending)))
 
