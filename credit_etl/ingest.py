@@ -825,9 +825,10 @@ def _validate_and_upsert(
         "unit_id": delivery.unit_id,
         "category": delivery.category,
     }
-    rows_read, rejected, unique = con.execute(
+    rows_read, rejected, unique, flagged = con.execute(
         f"""SELECT count(*), count(*) FILTER (WHERE reject IS NOT NULL),
-                   count(DISTINCT key_hash) FILTER (WHERE reject IS NULL)
+                   count(DISTINCT key_hash) FILTER (WHERE reject IS NULL),
+                   count(*) FILTER (WHERE reject IS NULL AND flag_text IS NOT NULL)
             FROM {checked}"""
     ).fetchone()
     if rejected:
@@ -839,17 +840,18 @@ def _validate_and_upsert(
                WHERE k.reject IS NOT NULL""",
             {**meta, **query.record_params},
         )
-    con.execute(
-        f"""INSERT INTO row_flags SELECT $file_id, $path, $unit_id, sheet, row_no,
-               f.col, f.flag
-           FROM (SELECT sheet, row_no, split_part(item, chr(31), 1) AS col,
-                        split_part(item, chr(31), 2) AS flag
-                 FROM (SELECT sheet, row_no,
-                              unnest(string_split(flag_text, chr(30))) AS item
-                       FROM {checked}
-                       WHERE reject IS NULL AND flag_text IS NOT NULL)) f""",
-        {k: meta[k] for k in ("file_id", "path", "unit_id")},
-    )
+    if flagged:
+        con.execute(
+            f"""INSERT INTO row_flags SELECT $file_id, $path, $unit_id, sheet, row_no,
+                   f.col, f.flag
+               FROM (SELECT sheet, row_no, split_part(item, chr(31), 1) AS col,
+                            split_part(item, chr(31), 2) AS flag
+                     FROM (SELECT sheet, row_no,
+                                  unnest(string_split(flag_text, chr(30))) AS item
+                           FROM {checked}
+                           WHERE reject IS NULL AND flag_text IS NOT NULL)) f""",
+            {k: meta[k] for k in ("file_id", "path", "unit_id")},
+        )
 
     valid = rows_read - rejected
     # The last row of a key within the file wins, as a later delivery would.
