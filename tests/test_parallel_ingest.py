@@ -18,7 +18,12 @@ from conftest import RECORD_TABLES, csv_bytes, make_id, make_uscc, set_mtime, xl
 
 from credit_etl import ingest
 from credit_etl.discovery import Delivery
-from credit_etl.ingest import ALONE_CSV_BYTES, ALONE_XLSX_BYTES, ingest_incoming
+from credit_etl.ingest import (
+    ALONE_CSV_BYTES,
+    ALONE_XLSX_BYTES,
+    IngestReport,
+    ingest_incoming,
+)
 from credit_etl.settings import Settings
 from credit_etl.warehouse import connect
 
@@ -106,6 +111,15 @@ def deliver_mixed(incoming: Path) -> None:
     set_mtime(incoming)
 
 
+def ingest_all(settings: Settings) -> IngestReport:
+    """Ingest every delivery of ``settings`` on a new connection to its warehouse."""
+    con = connect(settings)
+    try:
+        return ingest_incoming(con, settings)
+    finally:
+        con.close()
+
+
 def landed_state(settings: Settings) -> dict[str, list[tuple]]:
     """Return every landed row and ledger line, named by path rather than file id."""
     con = connect(settings, read_only=True)
@@ -141,11 +155,7 @@ def test_workers_land_same_records(tmp_path: Path) -> None:
             data_dir=tmp_path / f"workers-{workers}", ingest_workers=workers
         )
         deliver_mixed(settings.incoming_dir)
-        con = connect(settings)
-        try:
-            report = ingest_incoming(con, settings)
-        finally:
-            con.close()
+        report = ingest_all(settings)
         orders[workers] = [result.rel_path for result in report.results]
         states[workers] = landed_state(settings)
     # The report lists files in delivery order, whichever worker landed them.
@@ -165,11 +175,7 @@ def test_workers_land_same_records(tmp_path: Path) -> None:
 def test_workers_leave_no_transcoded_copies(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", ingest_workers=2)
     deliver_mixed(settings.incoming_dir)
-    con = connect(settings)
-    try:
-        ingest_incoming(con, settings)
-    finally:
-        con.close()
+    ingest_all(settings)
     assert list(settings.temp_dir.glob("transcoded-*")) == []
 
 
@@ -200,18 +206,10 @@ def test_worker_error_stops_others(
     assert len(started) <= 4
     # Nothing that was not landed is lost: the next run lands the rest once.
     monkeypatch.setattr(ingest, "ingest_file", real_ingest_file)
-    con = connect(settings)
-    try:
-        ingest_incoming(con, settings)
-    finally:
-        con.close()
+    ingest_all(settings)
     reference = Settings(data_dir=tmp_path / "reference", ingest_workers=1)
     deliver_mixed(reference.incoming_dir)
-    con = connect(reference)
-    try:
-        ingest_incoming(con, reference)
-    finally:
-        con.close()
+    ingest_all(reference)
     resumed, expected = landed_state(settings), landed_state(reference)
     for table in RECORD_TABLES:
         assert resumed[table] == expected[table], table
