@@ -116,6 +116,10 @@ def ingest_incoming(
     for problem in scan.problems:
         _record_name_problem(con, problem)
     pending = [d for d in scan.deliveries if not _unchanged(con, d)]
+    # A run holds the warehouse alone, so a transcoded copy found now was left by a
+    # run that was killed while it landed the file.
+    for leftover in settings.temp_dir.glob("transcoded-*.csv"):
+        leftover.unlink(missing_ok=True)
     results: list[FileResult | None] = [None] * len(pending)
     workers = max(1, min(settings.ingest_workers, len(pending)))
     # Files are hashed in a thread ahead of the workers. DuckDB releases the GIL
@@ -285,6 +289,10 @@ def _land_in_parallel(
         finally:
             # An error or an interrupt in one worker stops the others after the file
             # each is landing, and the first error is raised.
+            # NOTE: a second Ctrl-C cuts the wait for the workers short. The caller
+            # then closes the warehouse and releases the gate while a worker may
+            # still commit its file. Each file stays atomic, but another process
+            # can meet DuckDB's lock and name this one as an outside program.
             queue.stop()
 
 

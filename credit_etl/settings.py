@@ -110,8 +110,8 @@ def _limits_from_env(env: os._Environ[str] | dict[str, str]) -> Limits:
 
 
 def _workers_from_env(env: os._Environ[str] | dict[str, str]) -> int:
-    text = env.get("CREDIT_ETL_INGEST_WORKERS", "2")
-    if not text.isdigit() or int(text) < 1:
+    text = env.get("CREDIT_ETL_INGEST_WORKERS") or "2"
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValueError(
             f"CREDIT_ETL_INGEST_WORKERS={text!r} is not a whole number of 1 or more; "
             "set it to the number of files to land at once, for example 2"

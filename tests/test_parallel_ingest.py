@@ -179,6 +179,17 @@ def test_workers_leave_no_transcoded_copies(tmp_path: Path) -> None:
     assert list(settings.temp_dir.glob("transcoded-*")) == []
 
 
+def test_run_removes_transcoded_leftover(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", ingest_workers=2)
+    deliver_mixed(settings.incoming_dir)
+    settings.temp_dir.mkdir(parents=True)
+    # The partial copy a killed run leaves, named by a thread that no longer exists.
+    leftover = settings.temp_dir / "transcoded-99599960df20b7bb-1.csv"
+    leftover.write_bytes(b"h\n")
+    ingest_all(settings)
+    assert not leftover.exists()
+
+
 def test_worker_error_stops_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -344,5 +355,10 @@ def test_settings_reject_zero_workers(
     monkeypatch.setenv("CREDIT_ETL_INGEST_WORKERS", "0")
     with pytest.raises(ValueError, match="CREDIT_ETL_INGEST_WORKERS"):
         load_settings(tmp_path)
+    monkeypatch.setenv("CREDIT_ETL_INGEST_WORKERS", "²")
+    with pytest.raises(ValueError, match="CREDIT_ETL_INGEST_WORKERS"):
+        load_settings(tmp_path)
+    monkeypatch.setenv("CREDIT_ETL_INGEST_WORKERS", "")
+    assert load_settings(tmp_path).ingest_workers == 2
     monkeypatch.setenv("CREDIT_ETL_INGEST_WORKERS", "3")
     assert load_settings(tmp_path).ingest_workers == 3
