@@ -116,7 +116,7 @@ def ingest_incoming(
     for problem in scan.problems:
         _record_name_problem(con, problem)
     pending = [d for d in scan.deliveries if not _unchanged(con, d)]
-    # A run holds the warehouse alone, so a transcoded copy found now was left by a
+    # A run has the warehouse to itself, so a transcoded copy found now was left by a
     # run that was killed while it landed the file.
     for leftover in settings.temp_dir.glob("transcoded-*.csv"):
         leftover.unlink(missing_ok=True)
